@@ -1,0 +1,1 @@
+"""Reproducible performance runs that print the figures the README quotes."""

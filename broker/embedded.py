@@ -1,0 +1,164 @@
+"""The embedded default broker: amqtt with MQTT keep-alive actually enforced, so frozen clients' wills fire."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import threading
+from types import TracebackType
+from typing import Any
+
+from amqtt.broker import Broker
+
+__all__ = ["EmbeddedBroker", "PortInUseError", "start_embedded_broker"]
+
+_log = logging.getLogger("fleetpulse.broker")
+
+# MQTT 3.1.1 §3.1.2.10: the server disconnects a client that sends nothing for 1.5 x its keep-alive.
+KEEPALIVE_GRACE_FACTOR = 1.5
+
+
+class PortInUseError(OSError):
+    """The broker's port is taken; the message names the port and the fix."""
+
+
+class _KeepAliveBroker(Broker):
+    """amqtt 0.12.1 `Broker` that drops clients silent for 1.5 x keep-alive (SPEC §2).
+
+    amqtt's reader loop already waits for each packet with `timeout=session.keep_alive`, but its
+    broker-side `handle_read_timeout` does nothing, so a `kill -STOP`ped or partitioned client keeps its
+    session forever and its will never fires. Two adjustments, both per connection: the read timeout
+    becomes 1.5 x the client's keep-alive (the MQTT rule), and a timeout closes the connection the same
+    way an EOF does, which makes amqtt publish the will. Pinned to amqtt 0.12.1 because this relies on
+    `_initialize_client_session`; `tests/broker/test_keepalive.py` fails loudly if that ever changes.
+    """
+
+    async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str, remote_port: int) -> Any:
+        handler, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+        if session.keep_alive > 0:
+            # keep_alive is read once when the handler's reader loop starts, after this returns.
+            session.keep_alive = session.keep_alive * KEEPALIVE_GRACE_FACTOR
+            client_id = session.client_id
+
+            def drop_silent_client() -> None:
+                _log.info(
+                    "client %s silent for %.1f s (1.5 x keep-alive): disconnecting",
+                    client_id,
+                    session.keep_alive,
+                )
+                # Resolves the broker's disconnect waiter with "no DISCONNECT packet": will + cleanup.
+                # Kept on the handler so the task is not garbage-collected before it runs.
+                handler.fleetpulse_drop_task = asyncio.ensure_future(handler.handle_connection_closed())
+
+            handler.handle_read_timeout = drop_silent_client
+        return handler, session
+
+
+def _config(host: str, port: int) -> dict[str, Any]:
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": -1}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+
+
+def port_in_use_message(host: str, port: int) -> str:
+    return (
+        f"port {port} on {host} is already in use (another broker, e.g. Mosquitto, may be listening there): "
+        f"choose another with --port N, or use the broker that is already there with --broker mqtt://{host}:{port}"
+    )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    # amqtt wraps bind errors in a generic BrokerError after logging a traceback; probe first so the
+    # operator gets one clear line instead.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise PortInUseError(errno.EADDRINUSE, port_in_use_message(host, port)) from None
+            raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+async def start_embedded_broker(host: str = "127.0.0.1", port: int = 1883) -> Broker:
+    """Start the broker on the running event loop; `await broker.shutdown()` stops it."""
+    _check_port_free(host, port)
+    broker = _KeepAliveBroker(_config(host, port))
+    await broker.start()
+    return broker
+
+
+class EmbeddedBroker:
+    """The embedded broker on its own thread and event loop, for use inside a process or a test.
+
+    `with EmbeddedBroker(port=0) as broker: Agent("a", broker=broker.url)`; port 0 picks a free port.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
+        self.host = host
+        self.port = _free_port(host) if port == 0 else port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._broker: Broker | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        _check_port_free(self.host, self.port)
+        started = threading.Event()
+        failure: list[BaseException] = []
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._broker = loop.run_until_complete(start_embedded_broker(self.host, self.port))
+            except BaseException as error:
+                failure.append(error)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"fleetpulse-broker-{self.port}", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
+        _log.info("embedded broker listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        loop, broker = self._loop, self._broker
+        if loop is None or broker is None or self._thread is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(broker.shutdown(), loop)
+        with contextlib.suppress(Exception):
+            future.result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=10)
+        self._broker = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

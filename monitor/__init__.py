@@ -1,0 +1,3 @@
+"""fleetpulse monitor: health state machine, history, alerting, dashboard and the `fleetpulse` CLI."""
+
+__all__: list[str] = []

@@ -1,0 +1,89 @@
+"""Broker URLs (`mqtt://`, `mqtts://`, credentials, MQTT 5 on request) and paho clients made from them."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+__all__ = ["DEFAULT_BROKER_URL", "BrokerUrl", "make_client", "parse_broker_url"]
+
+DEFAULT_BROKER_URL = "mqtt://127.0.0.1:1883"
+_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+_PROTOCOLS = {"3.1.1": paho.MQTTv311, "4": paho.MQTTv311, "5": paho.MQTTv5}
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """A parsed broker URL: `mqtt[s]://[user[:password]@]host[:port][?protocol=5&ca=/path/ca.pem]`."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    protocol_version: int = paho.MQTTv311
+    ca_file: str | None = None
+
+    @property
+    def display(self) -> str:
+        """The URL without its password, for logs and errors."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """Parse and check a broker URL; raise ValueError naming what is wrong."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"broker URL must be a non-empty string like {DEFAULT_BROKER_URL!r}, got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} has no host")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"broker URL {url!r}: unexpected path {parts.path!r}")
+    try:
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        raise ValueError(f"broker URL {url!r}: port must be a number from 1 to 65535") from None
+    query = parse_qs(parts.query, strict_parsing=False)
+    unknown = set(query) - {"protocol", "ca"}
+    if unknown:
+        raise ValueError(f"broker URL {url!r}: unknown option(s) {sorted(unknown)}; known: protocol, ca")
+    protocol_name = query.get("protocol", ["3.1.1"])[-1]
+    if protocol_name not in _PROTOCOLS:
+        raise ValueError(f"broker URL {url!r}: protocol must be 3.1.1 or 5")
+    ca_file = query.get("ca", [None])[-1]
+    if ca_file is not None and parts.scheme != "mqtts":
+        raise ValueError(f"broker URL {url!r}: ca= only makes sense with mqtts://")
+    return BrokerUrl(
+        host=parts.hostname,
+        port=port,
+        tls=parts.scheme == "mqtts",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        protocol_version=_PROTOCOLS[protocol_name],
+        ca_file=ca_file,
+    )
+
+
+def make_client(url: BrokerUrl, client_id: str, clean_session: bool = True) -> paho.Client:
+    """A paho client (callback API v2) configured for `url`; not yet connected."""
+    if url.protocol_version == paho.MQTTv5:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    else:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv311,
+            clean_session=clean_session,
+        )
+    if url.username is not None:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set(ca_certs=url.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    return client

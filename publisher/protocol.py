@@ -1,0 +1,247 @@
+"""Wire protocol v1 (SPEC §2): topics, identifiers and the typed health and control payloads."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "HEALTH_TOPIC_FILTER",
+    "MAX_PAYLOAD_BYTES",
+    "PROTOCOL_VERSION",
+    "Command",
+    "ControlCommand",
+    "HealthMessage",
+    "Kind",
+    "Metrics",
+    "ProtocolError",
+    "ReportedStatus",
+    "agent_id_from_health_topic",
+    "control_topic",
+    "format_timestamp",
+    "group_control_topic",
+    "health_topic",
+    "is_valid_id",
+    "monitor_status_topic",
+    "parse_control",
+    "parse_health",
+    "validate_id",
+]
+
+PROTOCOL_VERSION = 1
+MAX_PAYLOAD_BYTES = 16 * 1024
+HEALTH_TOPIC_FILTER = "agents/+/health"
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ID_RE = re.compile(_ID_PATTERN)
+
+AgentId = Annotated[str, Field(pattern=_ID_PATTERN)]
+
+
+class ProtocolError(ValueError):
+    """A message that is not valid protocol v1; `reason` is for humans and the `rejected` table."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Kind(StrEnum):
+    HEARTBEAT = "heartbeat"
+    STOP = "stop"
+    WILL = "will"
+
+
+class ReportedStatus(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+
+
+class Command(StrEnum):
+    KILL = "kill"
+    PAUSE = "pause"
+    RESUME = "resume"
+    REBIRTH = "rebirth"
+
+
+def is_valid_id(value: object) -> bool:
+    """True when `value` can be an agent or group id (no MQTT wildcards or separators)."""
+    # fullmatch, not match: `$` would accept a trailing newline.
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+def validate_id(value: object, what: str = "agent id") -> str:
+    """Return `value` if it is a valid id, else raise a ValueError that says why."""
+    if not is_valid_id(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-64 characters A-Z a-z 0-9 _ . -, starting with a letter or digit "
+            "(no '/', '+', '#' or spaces: the id becomes part of an MQTT topic)"
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def health_topic(agent_id: str) -> str:
+    return f"agents/{validate_id(agent_id)}/health"
+
+
+def control_topic(agent_id: str) -> str:
+    return f"agents/{validate_id(agent_id)}/control"
+
+
+def group_control_topic(group: str) -> str:
+    return f"groups/{validate_id(group, 'group')}/control"
+
+
+def monitor_status_topic(monitor_id: str) -> str:
+    return f"fleetpulse/monitor/{validate_id(monitor_id, 'monitor id')}/status"
+
+
+def agent_id_from_health_topic(topic: str) -> str:
+    """The `<id>` of `agents/<id>/health`; raises ProtocolError for any other topic."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != "agents" or parts[2] != "health":
+        raise ProtocolError(f"not a health topic: {topic[:200]!r}")
+    if not is_valid_id(parts[1]):
+        raise ProtocolError(f"invalid agent id in topic: {parts[1][:100]!r}")
+    return parts[1]
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 UTC with milliseconds and a `Z`, the only form the SDK sends."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_Count = Annotated[int, Field(ge=0, le=2**63 - 1)]  # fits a DuckDB BIGINT
+
+
+class _Strict(BaseModel):
+    # Unknown fields are ignored (forward compatible); parse_* validate in strict JSON mode.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+
+class ModelUsage(_Strict):
+    cost_usd: _FiniteNonNegative = 0.0
+    tokens_in: _Count = 0
+    tokens_out: _Count = 0
+
+
+class Metrics(_Strict):
+    """Work done since the previous heartbeat (one window)."""
+
+    ok: _Count = 0
+    failed: _Count = 0
+    latency_ms_p50: _FiniteNonNegative | None = None
+    latency_ms_p95: _FiniteNonNegative | None = None
+    latency_ms_max: _FiniteNonNegative | None = None
+    cost_usd: _FiniteNonNegative = 0.0
+    tokens_in: _Count = 0
+    tokens_out: _Count = 0
+    by_model: dict[Annotated[str, Field(max_length=128)], ModelUsage] = Field(default_factory=dict, max_length=64)
+    last_progress_at: datetime | None = None
+
+
+class HealthMessage(_Strict):
+    """One message on `agents/<id>/health`: heartbeat (seq 0 is the birth), stop, or will."""
+
+    v: Literal[1] = 1  # PROTOCOL_VERSION
+    agent: AgentId
+    name: Annotated[str, Field(max_length=256)] = ""
+    kind: Kind
+    status: ReportedStatus | None = None
+    reason: Annotated[str, Field(max_length=1024)] | None = None
+    session: Annotated[str, Field(min_length=1, max_length=64)]
+    seq: _Count | None = None
+    sent_at: datetime
+    interval_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+    host: Annotated[str, Field(max_length=256)] = ""
+    pid: _Count | None = None
+    version: Annotated[str, Field(max_length=128)] = ""
+    depends_on: list[AgentId] = Field(default_factory=list, max_length=256)
+    group: AgentId | None = None
+    labels: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=dict, max_length=64
+    )
+    paused: bool = False
+    metrics: Metrics | None = None
+
+    @field_validator("sent_at")
+    @classmethod
+    def _require_timezone(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("sent_at must carry a UTC offset (RFC 3339)")
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> HealthMessage:
+        if self.kind is Kind.HEARTBEAT and (self.seq is None or self.status is None):
+            raise ValueError("a heartbeat needs `seq` and `status`")
+        if not self.name:
+            object.__setattr__(self, "name", self.agent)
+        return self
+
+    @property
+    def is_birth(self) -> bool:
+        return self.kind is Kind.HEARTBEAT and self.seq == 0
+
+    def to_payload(self) -> bytes:
+        """Compact JSON as sent on the wire (None fields left out)."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class ControlCommand(_Strict):
+    """One message on `agents/<id>/control` or `groups/<group>/control`."""
+
+    command: Command
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    issued_by: Annotated[str, Field(min_length=1, max_length=128)]
+    reason: Annotated[str, Field(max_length=1024)] = ""
+
+    def to_payload(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def _check_size(payload: bytes) -> None:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    if first["type"] == "json_invalid":
+        return f"malformed JSON: {first['msg'].removeprefix('Invalid JSON: ')}"[:300]
+    if first["type"] == "model_type":
+        return "payload is not a JSON object"
+    parts = []
+    for detail in error.errors()[:3]:
+        where = ".".join(str(p) for p in detail["loc"]) or "payload"
+        parts.append(f"{where}: {detail['msg']}")
+    return "; ".join(parts)[:500]
+
+
+def parse_health(topic: str, payload: bytes) -> HealthMessage:
+    """Validate one health message at the boundary; raise ProtocolError with a readable reason."""
+    agent_id = agent_id_from_health_topic(topic)
+    _check_size(payload)
+    try:
+        # Strict JSON mode: wrong types ("3" for a number, 1 for a bool) are rejected, not coerced.
+        message = HealthMessage.model_validate_json(payload, strict=True)
+    except ValidationError as error:
+        raise ProtocolError(f"invalid health message: {_describe(error)}") from None
+    if message.agent != agent_id:
+        raise ProtocolError(f"spoofed agent id: payload says {message.agent!r}, topic says {agent_id!r}")
+    return message
+
+
+def parse_control(payload: bytes) -> ControlCommand:
+    """Validate one control command; raise ProtocolError with a readable reason."""
+    _check_size(payload)
+    try:
+        return ControlCommand.model_validate_json(payload, strict=True)
+    except ValidationError as error:
+        raise ProtocolError(f"invalid control command: {_describe(error)}") from None

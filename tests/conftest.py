@@ -1,0 +1,209 @@
+"""Shared fixtures: real brokers (embedded amqtt and a Mosquitto process) on free ports, and a health recorder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from broker import EmbeddedBroker
+from publisher.protocol import HealthMessage, ProtocolError, parse_health
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = bool(os.environ.get("CI"))
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; a missing tool skips locally but fails in CI, where nothing may be skipped."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None:
+        message = f"{name} is not installed (Debian: apt-get install -y mosquitto mosquitto-clients)"
+        if IN_CI:
+            pytest.fail(f"CI must not skip: {message}")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+@dataclass
+class BrokerProcess:
+    """A running broker the tests can restart on the same port."""
+
+    kind: str
+    port: int
+    restart: Callable[[], None]
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def amqtt_broker() -> Iterator[BrokerProcess]:
+    port = free_port()
+    holder = {"broker": EmbeddedBroker("127.0.0.1", port).start()}
+
+    def restart() -> None:
+        holder["broker"].stop()
+        holder["broker"] = EmbeddedBroker("127.0.0.1", port).start()
+
+    yield BrokerProcess("amqtt", port, restart)
+    holder["broker"].stop()
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    binary = require_tool("mosquitto")
+    port = free_port()
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"
+    )
+    log = (tmp_path / "mosquitto.log").open("wb")
+    holder: dict[str, subprocess.Popen[bytes]] = {}
+
+    def launch() -> None:
+        holder["process"] = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log)
+        wait_for_port(port)
+
+    def restart() -> None:
+        holder["process"].terminate()
+        holder["process"].wait(timeout=10)
+        launch()
+
+    launch()
+    yield BrokerProcess("mosquitto", port, restart)
+    holder["process"].terminate()
+    try:
+        holder["process"].wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        holder["process"].kill()
+    log.close()
+
+
+@pytest.fixture(params=["amqtt", "mosquitto"])
+def any_broker(request: pytest.FixtureRequest) -> BrokerProcess:
+    """Each end-to-end test runs once on the embedded broker and once on Mosquitto."""
+    broker: BrokerProcess = request.getfixturevalue(f"{request.param}_broker")
+    return broker
+
+
+@dataclass
+class Received:
+    message: HealthMessage
+    retained: bool
+    at: float  # time.monotonic() when the subscriber received it
+
+
+@dataclass
+class HealthRecorder:
+    """A plain paho subscriber on `agents/+/health` that parses and keeps everything it receives."""
+
+    received: list[Received] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        try:
+            parsed = parse_health(message.topic, message.payload)
+        except ProtocolError as error:
+            with self._changed:
+                self.rejected.append(error.reason)
+                self._changed.notify_all()
+            return
+        with self._changed:
+            self.received.append(Received(parsed, bool(message.retain), time.monotonic()))
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[Received], bool], timeout_s: float = 10.0) -> Received:
+        """The first received message matching `predicate`, waiting up to `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                for item in self.received:
+                    if predicate(item):
+                        return item
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = [(r.message.agent, r.message.kind.value, r.message.seq) for r in self.received]
+                    raise AssertionError(f"no matching health message within {timeout_s} s; saw {seen}")
+                self._changed.wait(remaining)
+
+    def matching(self, predicate: Callable[[Received], bool]) -> list[Received]:
+        with self._changed:
+            return [item for item in self.received if predicate(item)]
+
+
+def subscribe_health(port: int, recorder: HealthRecorder, topic: str = "agents/+/health") -> paho.Client:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-recorder-{time.monotonic_ns()}")
+    client.on_message = recorder.on_message
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    assert subscribed.wait(10), "subscription not acknowledged"
+    return client
+
+
+@pytest.fixture
+def recorder_factory() -> Iterator[Callable[[BrokerProcess], HealthRecorder]]:
+    clients: list[paho.Client] = []
+
+    def make(broker: BrokerProcess) -> HealthRecorder:
+        recorder = HealthRecorder()
+        clients.append(subscribe_health(broker.port, recorder))
+        return recorder
+
+    yield make
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a Python subprocess; every one still running at the end is SIGCONTed and SIGKILLed."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
