@@ -127,6 +127,7 @@ class HeartbeatCounter:
     def __init__(self, broker_url: str) -> None:
         self._lock = threading.Lock()
         self._heartbeats: dict[tuple[str, int], HealthMessage] = {}  # keyed by (session, seq): idempotent
+        self._stops: list[HealthMessage] = []
         self.stopped = threading.Event()
         self._subscribed = threading.Event()
         url = parse_broker_url(broker_url)
@@ -146,9 +147,10 @@ class HeartbeatCounter:
 
     @property
     def reported_ok(self) -> int:
-        """Work items the heartbeats carried: proof the metrics really went out."""
+        """Work items the heartbeats and the final stop carried: proof the metrics really went out."""
         with self._lock:
-            return sum(message.metrics.ok for message in self._heartbeats.values() if message.metrics)
+            messages = [*self._heartbeats.values(), *self._stops]
+            return sum(message.metrics.ok for message in messages if message.metrics)
 
     def close(self) -> None:
         self._client.disconnect()
@@ -166,6 +168,8 @@ class HeartbeatCounter:
         except ProtocolError:
             return
         if health.kind is Kind.STOP:
+            with self._lock:
+                self._stops.append(health)
             self.stopped.set()
         elif health.kind is Kind.HEARTBEAT and health.seq is not None:
             with self._lock:
@@ -277,7 +281,8 @@ def format_report(
             _table_row("peak RSS, MiB", baseline.peak_rss_mib, agent.peak_rss_mib, None, ".1f"),
             f"{'loop iterations':28}{baseline.iterations:>10}{agent.iterations:>12}",
             "",
-            f"heartbeats received: {heartbeats}, carrying {reported_ok} of the {agent.iterations} work items",
+            f"heartbeats received: {heartbeats}; with the stop they carried"
+            f" {reported_ok} of the {agent.iterations} work items",
             f"report_metric, 1 thread:  {one_thread.value:>12,.0f} calls/s   {one_thread.describe()}",
             f"report_metric, 2 threads: {two_threads.value:>12,.0f} calls/s   {two_threads.describe()}",
         ]

@@ -1,6 +1,6 @@
 """fleetpulse agent SDK: `Agent` heartbeats with a broker-held last will (wire format in `protocol`)."""
 
 from publisher.agent import Agent, TaskRecord
-from publisher.protocol import ControlCommand, ProtocolError
+from publisher.wire import ControlCommand, ProtocolError
 
 __all__ = ["Agent", "ControlCommand", "ProtocolError", "TaskRecord"]

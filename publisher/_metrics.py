@@ -7,12 +7,18 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from publisher.protocol import Metrics, ModelUsage
+from publisher.wire import format_timestamp
 
 # Latency percentiles are exact up to this many samples per window and estimated from a uniform
 # reservoir sample above it, so memory stays bounded however hot the agent's loop is.
 RESERVOIR_SIZE = 4096
+# Distinct models per window; more are summed under OTHER_MODEL so a heartbeat stays far below the
+# protocol's 16 KiB limit (the monitor would reject a bigger one, and the agent would look dead).
+MAX_MODELS = 32
+OTHER_MODEL = "(other)"
+MAX_MODEL_NAME = 128
 
 
 @dataclass
@@ -76,7 +82,9 @@ class MetricsWindow:
             if model is not None:
                 usage = window.by_model.get(model)
                 if usage is None:
-                    usage = window.by_model[model] = [0.0, 0, 0]
+                    if len(window.by_model) >= MAX_MODELS:
+                        model = OTHER_MODEL
+                    usage = window.by_model.setdefault(model[:MAX_MODEL_NAME], [0.0, 0, 0])
                 usage[0] += cost_usd
                 usage[1] += tokens_in
                 usage[2] += tokens_out
@@ -85,43 +93,48 @@ class MetricsWindow:
     def mark_progress(self, now_s: float) -> None:
         self.last_progress_s = now_s
 
-    def drain(self) -> Metrics:
-        """Return the window as protocol metrics and start a new, empty one."""
+    def drain(self) -> dict[str, Any]:
+        """Return the window as the protocol's `metrics` object and start a new, empty one."""
         with self._lock:
             window, self._window = self._window, _Window()
             last_progress_s = self.last_progress_s
-        ordered = sorted(window.latencies_ms)
-        return Metrics(
-            ok=window.ok,
-            failed=window.failed,
-            latency_ms_p50=_percentile(ordered, 0.50) if ordered else None,
-            latency_ms_p95=_percentile(ordered, 0.95) if ordered else None,
-            latency_ms_max=window.latency_ms_max,
-            cost_usd=round(window.cost_usd, 9),
-            tokens_in=window.tokens_in,
-            tokens_out=window.tokens_out,
-            by_model={
-                model: ModelUsage(cost_usd=round(usage[0], 9), tokens_in=int(usage[1]), tokens_out=int(usage[2]))
+        metrics: dict[str, Any] = {
+            "ok": window.ok,
+            "failed": window.failed,
+            "cost_usd": round(window.cost_usd, 9),
+            "tokens_in": window.tokens_in,
+            "tokens_out": window.tokens_out,
+            "by_model": {
+                model: {"cost_usd": round(usage[0], 9), "tokens_in": int(usage[1]), "tokens_out": int(usage[2])}
                 for model, usage in window.by_model.items()
             },
-            last_progress_at=None if last_progress_s is None else datetime.fromtimestamp(last_progress_s, UTC),
-        )
+        }
+        if window.latencies_ms:
+            ordered = sorted(window.latencies_ms)
+            metrics["latency_ms_p50"] = _percentile(ordered, 0.50)
+            metrics["latency_ms_p95"] = _percentile(ordered, 0.95)
+            metrics["latency_ms_max"] = window.latency_ms_max
+        if last_progress_s is not None:
+            metrics["last_progress_at"] = format_timestamp(datetime.fromtimestamp(last_progress_s, UTC))
+        return metrics
 
-    def restore(self, metrics: Metrics) -> None:
-        """Put a drained window back (its heartbeat could not be sent), so no reported work is lost."""
+    def restore(self, metrics: dict[str, Any]) -> None:
+        """Put a drained window back (its heartbeat could not be sent), so no reported work is lost.
+
+        Counts, cost and tokens are restored exactly; latency percentiles only cover what is sent.
+        """
         with self._lock:
             window = self._window
-            window.ok += metrics.ok
-            window.failed += metrics.failed
-            window.cost_usd += metrics.cost_usd
-            window.tokens_in += metrics.tokens_in
-            window.tokens_out += metrics.tokens_out
-            for model, usage in metrics.by_model.items():
+            window.ok += metrics["ok"]
+            window.failed += metrics["failed"]
+            window.cost_usd += metrics["cost_usd"]
+            window.tokens_in += metrics["tokens_in"]
+            window.tokens_out += metrics["tokens_out"]
+            for model, usage in metrics["by_model"].items():
                 slot = window.by_model.setdefault(model, [0.0, 0, 0])
-                slot[0] += usage.cost_usd
-                slot[1] += usage.tokens_in
-                slot[2] += usage.tokens_out
-            if metrics.latency_ms_max is not None and (
-                window.latency_ms_max is None or metrics.latency_ms_max > window.latency_ms_max
-            ):
-                window.latency_ms_max = metrics.latency_ms_max
+                slot[0] += usage["cost_usd"]
+                slot[1] += usage["tokens_in"]
+                slot[2] += usage["tokens_out"]
+            lost_max = metrics.get("latency_ms_max")
+            if lost_max is not None and (window.latency_ms_max is None or lost_max > window.latency_ms_max):
+                window.latency_ms_max = lost_max

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -21,15 +22,16 @@ import paho.mqtt.client as paho
 
 from publisher._metrics import MetricsWindow
 from publisher.mqtt import DEFAULT_BROKER_URL, make_client, parse_broker_url
-from publisher.protocol import (
+from publisher.wire import (
+    MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
     Command,
     ControlCommand,
-    HealthMessage,
     Kind,
-    Metrics,
     ProtocolError,
     ReportedStatus,
     control_topic,
+    format_timestamp,
     group_control_topic,
     health_topic,
     parse_control,
@@ -41,6 +43,9 @@ __all__ = ["Agent", "TaskRecord"]
 _log = logging.getLogger("fleetpulse.publisher")
 
 KillCallback = Callable[[ControlCommand], object]
+
+# What identity and labels may take of a heartbeat; the rest is for the metrics window (<= 32 models).
+_MAX_STATIC_PAYLOAD_BYTES = 10 * 1024
 
 
 @dataclass
@@ -134,6 +139,12 @@ class Agent:
         self._client: paho.Client | None = None
         self._heartbeat_thread: threading.Thread | None = None
         self._birth_mid: int | None = None
+        static_bytes = len(self._message(Kind.HEARTBEAT, "x" * 1024))
+        if static_bytes > _MAX_STATIC_PAYLOAD_BYTES:
+            raise ValueError(
+                f"labels, depends_on and names make a {static_bytes}-byte heartbeat; keep it under "
+                f"{_MAX_STATIC_PAYLOAD_BYTES} so metrics fit in the protocol's {MAX_PAYLOAD_BYTES}-byte limit"
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -169,22 +180,54 @@ class Agent:
 
     def stop(self, reason: str = "stopped") -> None:
         """Publish `kind: "stop"` and disconnect cleanly, so the broker does not fire the will."""
-        if not self._started or self._stopped:
+        if not isinstance(reason, str):
+            raise ValueError(f"stop reason must be a string, got {reason!r}")
+        client = self._end_heartbeats()
+        if client is None:
             return
-        self._stopped = True
-        self._stopping.set()
-        self._wake.set()
-        client = self._client
-        assert client is not None
-        if self._heartbeat_thread is not None and self._heartbeat_thread is not threading.current_thread():
-            self._heartbeat_thread.join(timeout=5)
         with self._publish_lock:
             if self._connected.is_set():
-                info = client.publish(health_topic(self.agent_id), self._message(Kind.STOP, reason), qos=1, retain=True)
+                # The stop carries the last window, so work reported after the last heartbeat is not lost.
+                payload = self._message(Kind.STOP, reason[:1024], self._metrics.drain())
+                info = client.publish(health_topic(self.agent_id), payload, qos=1, retain=True)
                 with contextlib.suppress(RuntimeError, ValueError):
                     info.wait_for_publish(timeout=5)
         client.disconnect()
         client.loop_stop()
+        self._connected.clear()
+
+    def _end_heartbeats(self) -> paho.Client | None:
+        """Stop the heartbeat thread once; the client to finish with, or None if there is nothing to do."""
+        if not self._started or self._stopped:
+            return None
+        self._stopped = True
+        self._stopping.set()
+        self._wake.set()
+        if self._heartbeat_thread is not None and self._heartbeat_thread is not threading.current_thread():
+            self._heartbeat_thread.join(timeout=5)
+        return self._client
+
+    def _crash(self, reason: str) -> None:
+        """Say why in one last heartbeat, then drop the connection without DISCONNECT: the will fires.
+
+        A crash is not an intentional stop: the monitor must see the agent `unreachable` (and alert),
+        not `killed`.
+        """
+        client = self._end_heartbeats()
+        if client is None:
+            return
+        with self._publish_lock:
+            self._status, self._reason = ReportedStatus.DEGRADED, reason[:1024]
+        info = self._publish_heartbeat()
+        if info is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=5)
+        client.loop_stop()
+        sock = client.socket()
+        if isinstance(sock, socket.socket):  # ssl.SSLSocket included
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
         self._connected.clear()
 
     def __enter__(self) -> Agent:
@@ -194,7 +237,10 @@ class Agent:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop("stopped" if exc is None else f"stopped by {type(exc).__name__}: {exc}"[:1024])
+        if isinstance(exc, Exception):
+            self._crash(f"crashed: {type(exc).__name__}: {exc}")
+        else:  # normal exit, Ctrl-C or sys.exit(): an intentional stop
+            self.stop("stopped" if exc is None else f"stopped: {type(exc).__name__}")
 
     # -- what the agent reports --------------------------------------------------------------------
 
@@ -282,28 +328,34 @@ class Agent:
             health_topic(self.agent_id), self._message(Kind.WILL, "will: connection lost"), qos=1, retain=True
         )
 
-    def _message(self, kind: Kind, reason: str | None = None, metrics: Metrics | None = None) -> bytes:
-        heartbeat = kind is Kind.HEARTBEAT
-        message = HealthMessage(
-            agent=self.agent_id,
-            name=self.display_name,
-            kind=kind,
-            status=self._status if heartbeat else None,
-            reason=reason,
-            session=self._session,
-            seq=self._seq if heartbeat else None,
-            sent_at=_now(),
-            interval_s=self.interval_s,
-            host=self._host,
-            pid=self._pid,
-            version=self.version,
-            depends_on=self.depends_on,
-            group=self.group,
-            labels=self.labels,
-            paused=self.paused,
-            metrics=metrics,
-        )
-        return message.to_payload()
+    def _message(self, kind: Kind, reason: str | None = None, metrics: dict[str, Any] | None = None) -> bytes:
+        # Built as plain JSON, not through publisher.protocol's pydantic models, to keep the monitored
+        # process small; every test parses these payloads with the monitor's strict parser.
+        document: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "agent": self.agent_id,
+            "name": self.display_name,
+            "kind": kind.value,
+            "session": self._session,
+            "sent_at": format_timestamp(_now()),
+            "interval_s": self.interval_s,
+            "host": self._host,
+            "pid": self._pid,
+            "version": self.version,
+            "depends_on": self.depends_on,
+            "labels": self.labels,
+            "paused": self.paused,
+        }
+        if kind is Kind.HEARTBEAT:
+            document["status"] = self._status.value
+            document["seq"] = self._seq
+        if reason is not None:
+            document["reason"] = reason
+        if self.group is not None:
+            document["group"] = self.group
+        if metrics is not None:
+            document["metrics"] = metrics
+        return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
     def _publish_heartbeat(self) -> paho.MQTTMessageInfo | None:
         """Publish the next heartbeat of this session (seq 0 is the birth); None if not connected."""

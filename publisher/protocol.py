@@ -1,13 +1,36 @@
-"""Wire protocol v1 (SPEC §2): topics, identifiers and the typed health and control payloads."""
+"""Wire protocol v1 (SPEC §2) as validating models: `parse_health` is where a payload becomes a typed message.
+
+Dependency-free parts (ids, topics, kinds, control commands) live in `publisher.wire` and are
+re-exported here, so the monitor imports everything protocol from this one module.
+"""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from publisher.wire import (
+    HEALTH_TOPIC_FILTER,
+    ID_PATTERN,
+    MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
+    Command,
+    ControlCommand,
+    Kind,
+    ProtocolError,
+    ReportedStatus,
+    agent_id_from_health_topic,
+    control_topic,
+    format_timestamp,
+    group_control_topic,
+    health_topic,
+    is_valid_id,
+    monitor_status_topic,
+    parse_control,
+    validate_id,
+)
 
 __all__ = [
     "HEALTH_TOPIC_FILTER",
@@ -18,6 +41,7 @@ __all__ = [
     "HealthMessage",
     "Kind",
     "Metrics",
+    "ModelUsage",
     "ProtocolError",
     "ReportedStatus",
     "agent_id_from_health_topic",
@@ -32,89 +56,7 @@ __all__ = [
     "validate_id",
 ]
 
-PROTOCOL_VERSION = 1
-MAX_PAYLOAD_BYTES = 16 * 1024
-HEALTH_TOPIC_FILTER = "agents/+/health"
-
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_ID_RE = re.compile(_ID_PATTERN)
-
-AgentId = Annotated[str, Field(pattern=_ID_PATTERN)]
-
-
-class ProtocolError(ValueError):
-    """A message that is not valid protocol v1; `reason` is for humans and the `rejected` table."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Kind(StrEnum):
-    HEARTBEAT = "heartbeat"
-    STOP = "stop"
-    WILL = "will"
-
-
-class ReportedStatus(StrEnum):
-    HEALTHY = "healthy"
-    DEGRADED = "degraded"
-
-
-class Command(StrEnum):
-    KILL = "kill"
-    PAUSE = "pause"
-    RESUME = "resume"
-    REBIRTH = "rebirth"
-
-
-def is_valid_id(value: object) -> bool:
-    """True when `value` can be an agent or group id (no MQTT wildcards or separators)."""
-    # fullmatch, not match: `$` would accept a trailing newline.
-    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
-
-
-def validate_id(value: object, what: str = "agent id") -> str:
-    """Return `value` if it is a valid id, else raise a ValueError that says why."""
-    if not is_valid_id(value):
-        raise ValueError(
-            f"invalid {what} {value!r}: use 1-64 characters A-Z a-z 0-9 _ . -, starting with a letter or digit "
-            "(no '/', '+', '#' or spaces: the id becomes part of an MQTT topic)"
-        )
-    assert isinstance(value, str)
-    return value
-
-
-def health_topic(agent_id: str) -> str:
-    return f"agents/{validate_id(agent_id)}/health"
-
-
-def control_topic(agent_id: str) -> str:
-    return f"agents/{validate_id(agent_id)}/control"
-
-
-def group_control_topic(group: str) -> str:
-    return f"groups/{validate_id(group, 'group')}/control"
-
-
-def monitor_status_topic(monitor_id: str) -> str:
-    return f"fleetpulse/monitor/{validate_id(monitor_id, 'monitor id')}/status"
-
-
-def agent_id_from_health_topic(topic: str) -> str:
-    """The `<id>` of `agents/<id>/health`; raises ProtocolError for any other topic."""
-    parts = topic.split("/")
-    if len(parts) != 3 or parts[0] != "agents" or parts[2] != "health":
-        raise ProtocolError(f"not a health topic: {topic[:200]!r}")
-    if not is_valid_id(parts[1]):
-        raise ProtocolError(f"invalid agent id in topic: {parts[1][:100]!r}")
-    return parts[1]
-
-
-def format_timestamp(moment: datetime) -> str:
-    """RFC 3339 UTC with milliseconds and a `Z`, the only form the SDK sends."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
+AgentId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 _FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 _Count = Annotated[int, Field(ge=0, le=2**63 - 1)]  # fits a DuckDB BIGINT
@@ -194,18 +136,6 @@ class HealthMessage(_Strict):
         return self.model_dump_json(exclude_none=True).encode()
 
 
-class ControlCommand(_Strict):
-    """One message on `agents/<id>/control` or `groups/<group>/control`."""
-
-    command: Command
-    id: Annotated[str, Field(min_length=1, max_length=64)]
-    issued_by: Annotated[str, Field(min_length=1, max_length=128)]
-    reason: Annotated[str, Field(max_length=1024)] = ""
-
-    def to_payload(self) -> bytes:
-        return self.model_dump_json().encode()
-
-
 def _check_size(payload: bytes) -> None:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
@@ -236,12 +166,3 @@ def parse_health(topic: str, payload: bytes) -> HealthMessage:
     if message.agent != agent_id:
         raise ProtocolError(f"spoofed agent id: payload says {message.agent!r}, topic says {agent_id!r}")
     return message
-
-
-def parse_control(payload: bytes) -> ControlCommand:
-    """Validate one control command; raise ProtocolError with a readable reason."""
-    _check_size(payload)
-    try:
-        return ControlCommand.model_validate_json(payload, strict=True)
-    except ValidationError as error:
-        raise ProtocolError(f"invalid control command: {_describe(error)}") from None

@@ -26,3 +26,4 @@ def test_sdk_overhead_benchmark_smoke() -> None:
         assert key in figures
     assert figures["heartbeats_received"] >= 2  # the agent really heartbeated through a real broker
     assert figures["report_metric_calls_per_s"] > 0
+    assert figures["reported_ok_received"] == figures["iterations"]  # no reported work lost, stop included

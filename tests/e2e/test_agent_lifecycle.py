@@ -266,3 +266,27 @@ def test_start_without_a_broker_returns_false_then_connects_when_it_appears() ->
         agent.stop()
         client.disconnect()
         client.loop_stop()
+
+
+def test_an_exception_out_of_the_with_block_is_a_crash_not_a_stop(
+    any_broker: BrokerProcess, recorder_factory: Recorders
+) -> None:
+    recorder = recorder_factory(any_broker)
+    with pytest.raises(RuntimeError), Agent("fragile", broker=any_broker.url, interval_s=30) as agent:
+        session = agent.session
+        raise RuntimeError("database gone")
+    last_word = recorder.wait_for(_of("fragile", Kind.HEARTBEAT, seq=1)).message
+    assert (last_word.status, last_word.reason) == (ReportedStatus.DEGRADED, "crashed: RuntimeError: database gone")
+    will = recorder.wait_for(_of("fragile", Kind.WILL), timeout_s=5).message
+    assert will.session == session
+    assert recorder.matching(_of("fragile", Kind.STOP)) == []
+
+
+def test_stop_carries_the_work_reported_after_the_last_heartbeat(
+    any_broker: BrokerProcess, recorder_factory: Recorders
+) -> None:
+    recorder = recorder_factory(any_broker)
+    with Agent("finisher", broker=any_broker.url, interval_s=60) as agent:
+        agent.report_metric(success=True, latency_ms=5, cost_usd=0.5)
+    stop = recorder.wait_for(_of("finisher", Kind.STOP)).message
+    assert stop.metrics is not None and (stop.metrics.ok, stop.metrics.cost_usd) == (1, 0.5)

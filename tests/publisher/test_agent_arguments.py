@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from typing import Any
@@ -10,8 +11,14 @@ import paho.mqtt.client as paho
 import pytest
 
 from publisher import Agent
-from publisher._metrics import RESERVOIR_SIZE, MetricsWindow
+from publisher._metrics import MAX_MODELS, OTHER_MODEL, RESERVOIR_SIZE, MetricsWindow
 from publisher.mqtt import parse_broker_url
+from publisher.protocol import Metrics
+
+
+def drain(window: MetricsWindow) -> Metrics:
+    """Drain the window through the monitor's strict parser, so the SDK's plain dict must be protocol-valid."""
+    return Metrics.model_validate_json(json.dumps(window.drain()), strict=True)
 
 
 @pytest.mark.parametrize(
@@ -87,14 +94,14 @@ def test_window_aggregates_and_resets() -> None:
     window = MetricsWindow(seed=1)
     for latency in range(1, 101):
         window.record(latency % 10 != 0, float(latency), 0.5, 2, 1, "m" if latency % 2 else None, 1_700_000_000.0)
-    metrics = window.drain()
+    metrics = drain(window)
     assert (metrics.ok, metrics.failed) == (90, 10)
     assert (metrics.latency_ms_p50, metrics.latency_ms_p95, metrics.latency_ms_max) == (50, 95, 100)
     assert metrics.cost_usd == pytest.approx(50.0)
     assert (metrics.tokens_in, metrics.tokens_out) == (200, 100)
     assert metrics.by_model["m"].cost_usd == pytest.approx(25.0)
     assert metrics.last_progress_at is not None and metrics.last_progress_at.timestamp() == 1_700_000_000.0
-    empty = window.drain()
+    empty = drain(window)
     assert (empty.ok, empty.failed, empty.latency_ms_p50, empty.by_model) == (0, 0, None, {})
     assert empty.last_progress_at == metrics.last_progress_at  # progress is a moment, not a window sum
 
@@ -105,7 +112,7 @@ def test_window_memory_is_bounded_and_percentiles_stay_close() -> None:
     for n in range(samples):
         window.record(True, float(n % 1000), 0.0, 0, 0, None, 0.0)
     assert len(window._window.latencies_ms) == RESERVOIR_SIZE
-    metrics = window.drain()
+    metrics = drain(window)
     assert metrics.ok == samples and metrics.latency_ms_max == 999
     assert metrics.latency_ms_p50 == pytest.approx(500, abs=40)
     assert metrics.latency_ms_p95 == pytest.approx(950, abs=25)
@@ -117,7 +124,7 @@ def test_restore_puts_counts_back_when_a_heartbeat_could_not_be_sent() -> None:
     lost = window.drain()
     window.record(False, 20.0, 2.0, 1, 1, "m", 0.0)
     window.restore(lost)
-    merged = window.drain()
+    merged = drain(window)
     assert (merged.ok, merged.failed, merged.cost_usd, merged.tokens_in) == (1, 1, 3.0, 6)
     assert merged.by_model["m"].tokens_out == 6 and merged.latency_ms_max == 20
 
@@ -132,9 +139,25 @@ def test_concurrent_reports_are_all_counted() -> None:
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for thread in threads:
         thread.start()
-    drained = [window.drain() for _ in range(50)]
+    drained = [drain(window) for _ in range(50)]
     for thread in threads:
         thread.join()
-    drained.append(window.drain())
+    drained.append(drain(window))
     assert sum(m.ok for m in drained) == 80_000
     assert sum(m.tokens_in for m in drained) == 80_000
+
+
+def test_distinct_models_are_capped_so_a_heartbeat_stays_small() -> None:
+    window = MetricsWindow()
+    for n in range(MAX_MODELS + 10):
+        window.record(True, None, 1.0, 1, 1, f"model-{n}", 0.0)
+    metrics = drain(window)
+    assert len(metrics.by_model) == MAX_MODELS + 1
+    assert metrics.by_model[OTHER_MODEL].cost_usd == 10.0
+    assert sum(usage.cost_usd for usage in metrics.by_model.values()) == MAX_MODELS + 10
+
+
+def test_oversized_labels_are_refused_before_connecting() -> None:
+    labels = {f"label-{n}": "v" * 500 for n in range(30)}
+    with pytest.raises(ValueError, match="keep it under"):
+        Agent("wordy", broker="mqtt://127.0.0.1:1", labels=labels)

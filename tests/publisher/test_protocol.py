@@ -211,3 +211,39 @@ def test_any_valid_message_survives_the_wire(message: HealthMessage) -> None:
 def test_arbitrary_bytes_never_raise_anything_but_protocol_error(payload: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         parse_health("agents/a/health", payload)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "command": st.sampled_from(["kill", "pause", "resume", "rebirth", "KILL", ""]) | _json_values,
+            "id": st.text(max_size=70) | _json_values,
+            "issued_by": st.text(max_size=10) | _json_values,
+            "reason": st.text(max_size=10) | _json_values,
+        },
+    )
+)
+def test_control_parsing_accepts_exactly_the_valid_commands(document: dict[str, object]) -> None:
+    valid = (
+        document.get("command") in ("kill", "pause", "resume", "rebirth")
+        and isinstance(document.get("id"), str)
+        and 1 <= len(document["id"]) <= 64  # type: ignore[arg-type]
+        and isinstance(document.get("issued_by"), str)
+        and 1 <= len(document["issued_by"]) <= 128  # type: ignore[arg-type]
+        and isinstance(document.get("reason", ""), str)
+    )
+    try:
+        parsed = parse_control(encode(document))
+    except ProtocolError:
+        assert not valid
+    else:
+        assert valid and parsed.command == document["command"]
