@@ -1,0 +1,298 @@
+"""The health state machine (SPEC §3): one agent's view, advanced by messages and clock ticks, time passed in.
+
+No clock reads, sockets or SQL here. Every function takes `now` (the monitor's clock, an aware
+datetime) and returns the new view plus the transition it caused, if any.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from publisher.protocol import HealthMessage, Kind, ReportedStatus
+
+__all__ = [
+    "AgentView",
+    "Outcome",
+    "State",
+    "ThresholdPolicy",
+    "Thresholds",
+    "Transition",
+    "apply_message",
+    "broker_lost",
+    "listening_resumed",
+    "tick",
+]
+
+
+class State(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNREACHABLE = "unreachable"
+    KILLED = "killed"
+    UNKNOWN = "unknown"
+
+
+class Outcome(StrEnum):
+    """What a message did, for counters and idempotence tests."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # same session and a seq already seen (amqtt's double retained delivery, replays)
+    STALE_WILL = "stale_will"  # a will for a session that is no longer the agent's current one
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When an agent counts as late, gone, stalled or failing. `None` means "from interval_s"."""
+
+    degraded_after_s: float | None = None  # default 3 x interval_s
+    unreachable_after_s: float | None = None  # default 10 x interval_s
+    stall_after_s: float = 600.0  # no task progress for this long -> degraded; 0 turns it off
+    failure_ratio: float = 0.5  # failed / (ok + failed) above this over the window -> degraded
+    failure_window: int = 10  # heartbeats the failure ratio looks back over
+    failure_min_tasks: int = 10  # fewer tasks than this in the window never count as failing
+
+    def degraded_after(self, interval_s: float) -> float:
+        return self.degraded_after_s if self.degraded_after_s is not None else 3.0 * interval_s
+
+    def unreachable_after(self, interval_s: float) -> float:
+        after = self.unreachable_after_s if self.unreachable_after_s is not None else 10.0 * interval_s
+        return max(after, self.degraded_after(interval_s))
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """Global thresholds plus per-agent overrides matched by id glob (first match wins)."""
+
+    default: Thresholds = field(default_factory=Thresholds)
+    overrides: tuple[tuple[str, Thresholds], ...] = ()
+
+    def for_agent(self, agent: str) -> Thresholds:
+        for pattern, thresholds in self.overrides:
+            if fnmatch.fnmatchcase(agent, pattern):
+                return thresholds
+        return self.default
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One recorded change of state (a `transitions` row)."""
+
+    agent: str
+    at: datetime
+    from_state: State
+    to_state: State
+    reason: str
+    snapshot: bool = False  # learned from the retained snapshot at (re)subscribe: never alerts
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """Everything the monitor believes about one agent."""
+
+    agent: str
+    state: State
+    reason: str
+    since: datetime  # when the current state began
+    first_seen: datetime
+    interval_s: float
+    name: str = ""
+    host: str = ""
+    pid: int | None = None
+    version: str = ""
+    group: str | None = None
+    depends_on: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    session: str = ""
+    last_seq: int = -1
+    last_heartbeat_at: datetime | None = None  # monitor clock, last heartbeat received
+    # Staleness is measured from here: the last heartbeat, or the moment the monitor started listening
+    # again (start, broker reconnect), whichever is later. The monitor cannot blame an agent for
+    # silence it was not there to hear.
+    heard_at: datetime | None = None
+    reported_status: ReportedStatus = ReportedStatus.HEALTHY
+    reported_reason: str | None = None
+    last_progress_at: datetime | None = None
+    paused: bool = False
+    recent_tasks: tuple[tuple[int, int], ...] = ()  # (ok, failed) of the last heartbeats
+    # While `unknown` (monitor just started, or lost the broker): the last state it knew, so that
+    # learning the truth again is a transition only when the truth differs.
+    known_state: State | None = None
+    known_reason: str | None = None
+
+
+def _seconds(span: timedelta) -> int:
+    return int(span.total_seconds())
+
+
+def _with_identity(view: AgentView, message: HealthMessage) -> AgentView:
+    return replace(
+        view,
+        name=message.name,
+        host=message.host,
+        pid=message.pid,
+        version=message.version,
+        group=message.group,
+        depends_on=tuple(message.depends_on),
+        labels=tuple(sorted(message.labels.items())),
+        interval_s=message.interval_s,
+    )
+
+
+def _new_view(message: HealthMessage, now: datetime) -> AgentView:
+    return _with_identity(
+        AgentView(
+            agent=message.agent,
+            state=State.UNKNOWN,
+            reason="first seen",
+            since=now,
+            first_seen=now,
+            interval_s=message.interval_s,
+        ),
+        message,
+    )
+
+
+def _live_state(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple[State, str]:
+    """The state a heartbeating (neither stopped nor dead) agent is in at `now`."""
+    if view.heard_at is not None:
+        silent_s = (now - view.heard_at).total_seconds()
+        if silent_s >= thresholds.unreachable_after(view.interval_s):
+            return State.UNREACHABLE, f"no heartbeat for {int(silent_s)} s"
+        if silent_s >= thresholds.degraded_after(view.interval_s):
+            return State.DEGRADED, f"no heartbeat for {int(silent_s)} s"
+    if view.reported_status is ReportedStatus.DEGRADED:
+        return State.DEGRADED, f"reported: {view.reported_reason or 'degraded'}"
+    if view.paused:
+        return State.HEALTHY, "paused by operator"
+    if thresholds.stall_after_s > 0 and view.last_progress_at is not None:
+        idle_s = (now - view.last_progress_at).total_seconds()
+        if idle_s >= thresholds.stall_after_s:
+            return State.DEGRADED, f"stalled: no task for {int(idle_s)} s"
+    ok = sum(tasks[0] for tasks in view.recent_tasks)
+    failed = sum(tasks[1] for tasks in view.recent_tasks)
+    if ok + failed >= thresholds.failure_min_tasks and failed > thresholds.failure_ratio * (ok + failed):
+        return State.DEGRADED, f"failing: {failed} of {ok + failed} recent tasks failed"
+    return State.HEALTHY, "heartbeating"
+
+
+def _current(view: AgentView) -> State | None:
+    """The state the monitor last knew for sure (None: never known)."""
+    return view.known_state if view.state is State.UNKNOWN else view.state
+
+
+def _move(
+    view: AgentView, state: State, reason: str, now: datetime, snapshot: bool = False
+) -> tuple[AgentView, Transition | None]:
+    """Enter `state`; a transition only when it differs from the last known state."""
+    previous = _current(view)
+    if previous is state:
+        # Unchanged, or the truth is what it was before a monitor restart / broker loss: `since` stays.
+        return replace(view, state=state, reason=reason, known_state=None, known_reason=None), None
+    moved = replace(view, state=state, reason=reason, since=now, known_state=None, known_reason=None)
+    if previous is None:  # first sight of this agent: nothing changed, it just became known
+        return moved, None
+    return moved, Transition(view.agent, now, previous, state, reason, snapshot)
+
+
+def apply_message(
+    view: AgentView | None, message: HealthMessage, now: datetime, thresholds: Thresholds, snapshot: bool = False
+) -> tuple[AgentView, Transition | None, Outcome]:
+    """Advance `view` by one health message received at `now`.
+
+    `snapshot`: the message was retained, delivered because the monitor (re)subscribed. It restores
+    the view; a transition it causes is marked as learned from the snapshot (SPEC §2: never alerts).
+    """
+    if view is None:
+        view = _new_view(message, now)
+    current = _current(view)
+    same_session = message.session == view.session
+
+    if message.kind is Kind.WILL:
+        if view.session and not same_session:
+            return view, None, Outcome.STALE_WILL
+        if current is State.UNREACHABLE and view.state is not State.UNKNOWN and view.reason.startswith("will"):
+            return view, None, Outcome.DUPLICATE
+        view = replace(_with_identity(view, message), session=message.session)
+        moved, transition = _move(view, State.UNREACHABLE, "will: connection lost", now, snapshot)
+        return moved, transition, Outcome.APPLIED
+
+    if message.kind is Kind.STOP:
+        if same_session and current is State.KILLED and view.state is not State.UNKNOWN:
+            return view, None, Outcome.DUPLICATE
+        view = replace(_with_identity(view, message), session=message.session)
+        reason = f"stopped: {message.reason or 'no reason given'}"
+        moved, transition = _move(view, State.KILLED, reason, now, snapshot)
+        return moved, transition, Outcome.APPLIED
+
+    assert message.seq is not None and message.status is not None  # HealthMessage enforces it for heartbeats
+    if same_session and (message.seq <= view.last_seq or current is State.KILLED):
+        # A replay, amqtt's second copy of a retained message, or a late heartbeat after this
+        # session's own stop: nothing new.
+        return view, None, Outcome.DUPLICATE
+    tasks = view.recent_tasks if same_session else ()
+    if message.metrics is not None:
+        tasks = (*tasks, (message.metrics.ok, message.metrics.failed))[-thresholds.failure_window :]
+    progress_at = message.metrics.last_progress_at if message.metrics is not None else None
+    previous_reason = view.known_reason if view.state is State.UNKNOWN else view.reason
+    view = replace(
+        _with_identity(view, message),
+        session=message.session,
+        last_seq=message.seq,
+        last_heartbeat_at=now,
+        heard_at=now,
+        reported_status=message.status,
+        reported_reason=message.reason,
+        last_progress_at=progress_at or (view.last_progress_at if same_session else None),
+        paused=message.paused,
+        recent_tasks=tasks,
+    )
+    state, reason = _live_state(view, now, thresholds)
+    if state is State.HEALTHY and current is not None and current is not State.HEALTHY:
+        if current in (State.UNREACHABLE, State.KILLED):
+            reason = "heartbeat resumed" if same_session else "recovered: new session"
+        else:
+            reason = f"recovered from: {previous_reason}"
+    moved, transition = _move(view, state, reason, now, snapshot)
+    return moved, transition, Outcome.APPLIED
+
+
+def tick(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple[AgentView, Transition | None]:
+    """Re-evaluate the time-based rules (late heartbeat, stall) at `now`."""
+    if view.state is State.UNKNOWN:
+        if view.known_state is None or view.heard_at is None:
+            return view, None
+        if (now - view.heard_at).total_seconds() < thresholds.degraded_after(view.interval_s):
+            return view, None  # still within the grace after listening resumed
+        if view.known_state in (State.UNREACHABLE, State.KILLED):
+            # No news of a dead or stopped agent: it is as it was (no transition).
+            restored = replace(view, state=view.known_state, reason=view.known_reason or view.reason)
+            return replace(restored, known_state=None, known_reason=None), None
+        state, reason = _live_state(view, now, thresholds)
+        return _move(view, state, reason, now)
+    if view.state not in (State.HEALTHY, State.DEGRADED):
+        return view, None  # unreachable and killed only leave on a message
+    state, reason = _live_state(view, now, thresholds)
+    if state is view.state:
+        return view, None  # keep the reason stable while the state holds ("no heartbeat for N s" would churn)
+    return _move(view, state, reason, now)
+
+
+def broker_lost(view: AgentView, now: datetime) -> AgentView:
+    """The monitor lost the broker: it has no trustworthy view of anyone (no transition, no outage)."""
+    if view.state is State.UNKNOWN:
+        return replace(view, reason="monitor lost the broker")
+    return replace(
+        view, state=State.UNKNOWN, known_state=view.state, known_reason=view.reason, reason="monitor lost the broker"
+    )
+
+
+def listening_resumed(view: AgentView, now: datetime, reason: str = "monitor restarted") -> AgentView:
+    """The monitor (re)subscribed at `now`: silence counts from here; unknown until the truth is known."""
+    if view.state is State.UNKNOWN:
+        return replace(view, reason=reason, heard_at=now)
+    return replace(
+        view, state=State.UNKNOWN, known_state=view.state, known_reason=view.reason, reason=reason, heard_at=now
+    )

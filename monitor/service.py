@@ -1,0 +1,306 @@
+"""The monitor's core: one thread turns queued MQTT events into state transitions and batched DuckDB rows."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from monitor.fleet import agent_record
+from monitor.health import (
+    AgentView,
+    Outcome,
+    ThresholdPolicy,
+    Transition,
+    apply_message,
+    broker_lost,
+    listening_resumed,
+    tick,
+)
+from monitor.store import Store, WriteBatch
+from monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Subscriber
+from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
+from publisher.protocol import ProtocolError, format_timestamp, is_valid_id, parse_control, parse_health, validate_id
+
+__all__ = ["Monitor", "MonitorConfig", "sidecar_path"]
+
+_log = logging.getLogger("fleetpulse.monitor")
+
+TransitionListener = Callable[[list[Transition]], None]
+
+
+def sidecar_path(db_path: Path) -> Path:
+    """Where a running monitor says who it is and where its API listens, next to the database it holds."""
+    return db_path.with_name(db_path.name + ".monitor.json")
+
+
+@dataclass
+class MonitorConfig:
+    broker: str = DEFAULT_BROKER_URL
+    db_path: Path = Path("fleetpulse.duckdb")
+    monitor_id: str = "default"
+    thresholds: ThresholdPolicy = field(default_factory=ThresholdPolicy)
+    tick_interval_s: float = 0.5  # time-based rules are evaluated at least this often
+    flush_interval_s: float = 0.25  # heartbeat rows wait at most this long; transitions never wait
+    flush_rows: int = 5_000
+    rejected_rows_per_s: float = 50.0  # beyond this (burst 500) rejections are only counted
+
+
+class _TokenBucket:
+    def __init__(self, rate_per_s: float, burst: float) -> None:
+        self._rate, self._burst = rate_per_s, burst
+        self._tokens, self._at = burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+class Monitor:
+    """Subscribe, judge, store. `start()` returns once the core runs; `stop()` flushes and says goodbye."""
+
+    def __init__(self, config: MonitorConfig, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        validate_id(config.monitor_id, "monitor id")
+        self.config = config
+        self._url = parse_broker_url(config.broker)
+        self._clock = clock
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._views: dict[str, AgentView] = {}
+        self._views_lock = threading.Lock()
+        self._stats: Counter[str] = Counter()
+        self._listeners: list[TransitionListener] = []
+        self._recent_commands: OrderedDict[str, None] = OrderedDict()
+        self._rejections = _TokenBucket(config.rejected_rows_per_s, 500)
+        self._connected = False
+        self._ever_connected = False
+        self._stopping = threading.Event()
+        self._shutting_down = False
+        self._store: Store | None = None
+        self._subscriber: Subscriber | None = None
+        self._core: threading.Thread | None = None
+        self.api_url: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self, api_url: str | None = None) -> Monitor:
+        """Open the database (StoreLocked if another process holds it), resume, subscribe, run."""
+        self.api_url = api_url
+        self._store = Store(self.config.db_path)
+        now = self._clock()
+        with self._views_lock:
+            self._views = {
+                agent: listening_resumed(view, now, "monitor starting")
+                for agent, view in self._store.load_views().items()
+            }
+        self._store.write(WriteBatch(events=[(now, self.config.monitor_id, "started", self._url.display)]))
+        self._write_sidecar()
+        self._subscriber = Subscriber(
+            self._url, self.config.monitor_id, self._events, self._clock, presence={"api": api_url}
+        )
+        self._core = threading.Thread(target=self._run, name="fleetpulse-core", daemon=True)
+        self._core.start()
+        self._subscriber.start()
+        _log.info(
+            "monitor %s: broker %s, database %s (%d agents resumed)",
+            self.config.monitor_id,
+            self._url.display,
+            self.config.db_path,
+            len(self._views),
+        )
+        return self
+
+    def stop(self) -> None:
+        """Flush pending rows, set presence offline, disconnect; safe to call twice."""
+        if self._core is None or self._stopping.is_set():
+            return
+        self._shutting_down = True
+        if self._subscriber is not None:
+            self._subscriber.stop()
+        self._stopping.set()
+        self._core.join(timeout=30)
+        assert self._store is not None
+        self._store.close()
+        with contextlib.suppress(FileNotFoundError):
+            sidecar_path(self.config.db_path).unlink()
+        _log.info("monitor %s stopped", self.config.monitor_id)
+
+    def add_listener(self, listener: TransitionListener) -> None:
+        """Called on the core thread with each committed batch of transitions."""
+        self._listeners.append(listener)
+
+    def _write_sidecar(self) -> None:
+        document = {
+            "pid": os.getpid(),
+            "monitor_id": self.config.monitor_id,
+            "api": self.api_url,
+            "broker": self._url.display,
+            "started_at": format_timestamp(self._clock()),
+        }
+        sidecar_path(self.config.db_path).write_text(json.dumps(document) + "\n")
+
+    # -- reads, from any thread --------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "monitor not started"
+        return self._store
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        with self._views_lock:
+            views = list(self._views.values())
+        return [agent_record(view) for view in sorted(views, key=lambda v: v.agent)]
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    # -- the core thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pending = WriteBatch()
+        last_flush = last_tick = time.monotonic()
+        while True:
+            events: list[Event] = []
+            try:
+                events.append(self._events.get(timeout=0.05))
+                while len(events) < 20_000:
+                    events.append(self._events.get_nowait())
+            except queue.Empty:
+                pass
+            with self._views_lock:
+                for event in events:
+                    self._handle(event, pending)
+                if self._connected and time.monotonic() - last_tick >= self.config.tick_interval_s:
+                    self._tick_all(pending)
+                    last_tick = time.monotonic()
+            due = len(pending) and time.monotonic() - last_flush >= self.config.flush_interval_s
+            if pending.transitions or len(pending) >= self.config.flush_rows or due:
+                self._flush(pending)
+                pending = WriteBatch()
+                last_flush = time.monotonic()
+            if self._stopping.is_set() and self._events.empty():
+                break
+        pending.events.append((self._clock(), self.config.monitor_id, "stopped", "graceful shutdown"))
+        self._flush(pending)
+
+    def _flush(self, pending: WriteBatch) -> None:
+        if not len(pending):
+            return
+        assert self._store is not None
+        try:
+            self._store.write(pending)
+        except Exception:
+            # Never let a storage error kill the core: log it, count it, keep judging. The rows of
+            # this batch are lost; the agents table is rewritten with the next change of each agent.
+            _log.exception("monitor: could not store a batch of %d rows", len(pending))
+            self._stats["store_errors"] += 1
+            return
+        self._stats["flushes"] += 1
+        self._stats["rows_stored"] += len(pending.heartbeats)
+        if pending.transitions:
+            self._stats["transitions"] += len(pending.transitions)
+            for listener in self._listeners:
+                try:
+                    listener(pending.transitions)
+                except Exception:
+                    _log.exception("monitor: transition listener failed")
+
+    def _handle(self, event: Event, pending: WriteBatch) -> None:
+        if isinstance(event, Received):
+            self._stats["received"] += 1
+            if event.topic.startswith("agents/") and event.topic.endswith("/health"):
+                self._handle_health(event, pending)
+            elif event.topic.endswith("/control"):
+                self._handle_command(event, pending)
+            else:
+                self._reject(event, "unexpected topic", pending)
+        elif isinstance(event, BrokerConnected):
+            self._connected = True
+            reason = "monitor reconnected to the broker" if self._ever_connected else "monitor started"
+            self._ever_connected = True
+            self._views = {agent: listening_resumed(view, event.at, reason) for agent, view in self._views.items()}
+            pending.events.append((event.at, self.config.monitor_id, "broker_connected", self._url.display))
+        elif isinstance(event, BrokerLost):
+            if self._shutting_down or not self._connected:
+                return
+            self._connected = False
+            # One monitor-level event: every agent becomes unknown, no per-agent outage (SPEC §3).
+            self._views = {agent: broker_lost(view, event.at) for agent, view in self._views.items()}
+            pending.events.append((event.at, self.config.monitor_id, "broker_lost", event.reason))
+
+    def _handle_health(self, event: Received, pending: WriteBatch) -> None:
+        try:
+            message = parse_health(event.topic, event.payload)
+        except ProtocolError as error:
+            self._reject(event, error.reason, pending)
+            return
+        thresholds = self.config.thresholds.for_agent(message.agent)
+        view, transition, outcome = apply_message(
+            self._views.get(message.agent), message, event.received_at, thresholds, snapshot=event.retained
+        )
+        self._stats[outcome.value] += 1
+        if outcome is not Outcome.APPLIED:
+            return
+        self._views[message.agent] = view
+        pending.agents[message.agent] = view
+        pending.add_message(message, event.received_at, event.retained)
+        if transition is not None:
+            pending.transitions.append(transition)
+
+    def _handle_command(self, event: Received, pending: WriteBatch) -> None:
+        parts = event.topic.split("/")
+        if len(parts) != 3 or parts[0] not in ("agents", "groups") or not is_valid_id(parts[1]):
+            self._reject(event, "invalid control topic", pending)
+            return
+        try:
+            command = parse_control(event.payload)
+        except ProtocolError as error:
+            self._reject(event, error.reason, pending)
+            return
+        if command.id in self._recent_commands:  # QoS 1 may deliver twice
+            return
+        self._recent_commands[command.id] = None
+        if len(self._recent_commands) > 10_000:
+            self._recent_commands.popitem(last=False)
+        target = f"{parts[0]}/{parts[1]}"
+        pending.commands.append(
+            (command.id, event.received_at, target, command.command.value, command.issued_by, command.reason)
+        )
+        self._stats["commands"] += 1
+
+    def _reject(self, event: Received, reason: str, pending: WriteBatch) -> None:
+        self._stats["rejected"] += 1
+        if not self._rejections.take():
+            self._stats["rejected_unstored"] += 1  # a flood: counted, not stored row by row
+            return
+        prefix = event.payload[:200].decode("utf-8", errors="replace").replace("\x00", "\\0")
+        pending.rejected.append((event.received_at, event.topic[:500], reason, prefix))
+
+    def _tick_all(self, pending: WriteBatch) -> None:
+        now = self._clock()
+        for agent, view in self._views.items():
+            thresholds = self.config.thresholds.for_agent(agent)
+            new_view, transition = tick(view, now, thresholds)
+            if new_view is not view:
+                self._views[agent] = new_view
+                pending.agents[agent] = new_view
+            if transition is not None:
+                pending.transitions.append(transition)

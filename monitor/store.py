@@ -1,0 +1,260 @@
+"""The DuckDB store: where heartbeats, transitions and agent views become rows, and where queries read them."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from monitor.health import AgentView, State, Transition
+from monitor.schema import migrate
+from publisher.protocol import HealthMessage, ReportedStatus
+
+__all__ = ["ReadOnlyViolation", "Store", "StoreLocked", "WriteBatch", "check_read_only"]
+
+HEARTBEAT_COLUMNS = (
+    "agent", "session", "seq", "kind", "received_at", "sent_at", "status", "reason", "ok", "failed",
+    "latency_ms_p50", "latency_ms_p95", "latency_ms_max", "cost_usd", "tokens_in", "tokens_out", "by_model",
+    "last_progress_at", "paused", "snapshot",
+)  # fmt: skip
+AGENT_COLUMNS = (
+    "agent", "name", "host", "pid", "version", "group", "interval_s", "depends_on", "labels", "first_seen",
+    "last_seen", "state", "reason", "state_since", "session", "last_seq", "last_heartbeat_at", "reported_status",
+    "reported_reason", "last_progress_at", "paused",
+)  # fmt: skip
+MAX_QUERY_ROWS = 10_000
+
+
+class StoreLocked(RuntimeError):
+    """Another process holds the database file for writing (DuckDB allows one writer, no readers)."""
+
+    def __init__(self, path: Path, pid: int | None, detail: str) -> None:
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(f"{path} is held by {holder} (a running fleetpulse monitor?): {detail}")
+        self.path = path
+        self.pid = pid
+
+
+class ReadOnlyViolation(ValueError):
+    """A statement that is not a plain read was refused."""
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse anything but SELECT statements, as DuckDB's own parser classifies them (not a regex)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as error:
+        raise ReadOnlyViolation(f"not valid SQL: {error}") from None
+    if not statements:
+        raise ReadOnlyViolation("no SQL statement given")
+    for statement in statements:
+        if statement.type != duckdb.StatementType.SELECT:
+            kind = str(statement.type).rsplit(".", 1)[-1]
+            raise ReadOnlyViolation(f"only read-only SELECT statements are allowed, not {kind}")
+
+
+@dataclass
+class WriteBatch:
+    """Rows to commit together, built by the monitor's core thread between two flushes."""
+
+    heartbeats: list[tuple[Any, ...]] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    agents: dict[str, AgentView] = field(default_factory=dict)
+    rejected: list[tuple[datetime, str, str, str]] = field(default_factory=list)
+    commands: list[tuple[str, datetime, str, str, str, str]] = field(default_factory=list)
+    events: list[tuple[datetime, str, str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.heartbeats)
+            + len(self.transitions)
+            + len(self.agents)
+            + len(self.rejected)
+            + len(self.commands)
+            + len(self.events)
+        )
+
+    def add_message(self, message: HealthMessage, received_at: datetime, snapshot: bool) -> None:
+        metrics = message.metrics
+        self.heartbeats.append(
+            (
+                message.agent,
+                message.session,
+                message.seq,
+                message.kind.value,
+                received_at,
+                message.sent_at,
+                message.status.value if message.status else None,
+                message.reason,
+                metrics.ok if metrics else None,
+                metrics.failed if metrics else None,
+                metrics.latency_ms_p50 if metrics else None,
+                metrics.latency_ms_p95 if metrics else None,
+                metrics.latency_ms_max if metrics else None,
+                metrics.cost_usd if metrics else None,
+                metrics.tokens_in if metrics else None,
+                metrics.tokens_out if metrics else None,
+                json.dumps({m: u.model_dump() for m, u in metrics.by_model.items()}) if metrics else None,
+                metrics.last_progress_at if metrics else None,
+                message.paused,
+                snapshot,
+            )
+        )
+
+
+def _agent_row(view: AgentView) -> tuple[Any, ...]:
+    # While unknown, the row keeps the last known state: the database records what was last true.
+    state = view.known_state if view.state is State.UNKNOWN and view.known_state else view.state
+    reason = view.known_reason if view.state is State.UNKNOWN and view.known_reason else view.reason
+    return (
+        view.agent, view.name, view.host, view.pid, view.version, view.group, view.interval_s,
+        list(view.depends_on), json.dumps(dict(view.labels)), view.first_seen,
+        view.last_heartbeat_at or view.first_seen, state.value, reason, view.since, view.session,
+        view.last_seq, view.last_heartbeat_at, view.reported_status.value, view.reported_reason,
+        view.last_progress_at, view.paused,
+    )  # fmt: skip
+
+
+_LOCK_PID = re.compile(r"PID (\d+)")
+
+
+class Store:
+    """One DuckDB file. Writes come from one thread (`write`); reads may come from any (`query`)."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self.path = Path(path)
+        try:
+            self._connection = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as error:
+            text = str(error)
+            if "lock" in text.lower():
+                match = _LOCK_PID.search(text)
+                raise StoreLocked(self.path, int(match[1]) if match else None, text.splitlines()[0]) from None
+            raise
+        self._connection.execute("SET TimeZone = 'UTC'")
+        self._write_lock = threading.Lock()
+        if not read_only:
+            migrate(self._connection)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def _append(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], replace: bool = False) -> None:
+        # A DataFrame insert runs ~1,000x faster than executemany for DuckDB (measured: 900k vs 840 rows/s).
+        frame = pd.DataFrame.from_records(rows, columns=list(columns))
+        verb = "INSERT OR REPLACE INTO" if replace else "INSERT INTO"
+        quoted = ", ".join(f'"{column}"' for column in columns)
+        self._connection.register("fleetpulse_batch", frame)
+        try:
+            self._connection.execute(f"{verb} {table} ({quoted}) SELECT {quoted} FROM fleetpulse_batch")
+        finally:
+            self._connection.unregister("fleetpulse_batch")
+
+    def write(self, batch: WriteBatch) -> None:
+        """Commit one batch atomically: either every row of it is stored or none."""
+        if not len(batch):
+            return
+        with self._write_lock:
+            connection = self._connection
+            connection.execute("BEGIN TRANSACTION")
+            try:
+                if batch.heartbeats:
+                    self._append("heartbeats", HEARTBEAT_COLUMNS, batch.heartbeats)
+                if batch.transitions:
+                    rows = [
+                        (t.agent, t.at, t.from_state.value, t.to_state.value, t.reason, t.snapshot)
+                        for t in batch.transitions
+                    ]
+                    self._append("transitions", ("agent", "at", "from_state", "to_state", "reason", "snapshot"), rows)
+                if batch.agents:
+                    self._append("agents", AGENT_COLUMNS, [_agent_row(v) for v in batch.agents.values()], replace=True)
+                if batch.rejected:
+                    self._append("rejected", ("received_at", "topic", "reason", "payload_prefix"), batch.rejected)
+                if batch.commands:
+                    self._append("commands", ("id", "at", "target", "command", "issued_by", "reason"), batch.commands)
+                if batch.events:
+                    self._append("monitor_events", ("at", "monitor_id", "event", "detail"), batch.events)
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def load_views(self) -> dict[str, AgentView]:
+        """The agents as last stored, to resume from after a restart."""
+        columns = ", ".join(f'"{c}"' for c in AGENT_COLUMNS)
+        rows = self._connection.cursor().execute(f"SELECT {columns} FROM agents").fetchall()
+        views: dict[str, AgentView] = {}
+        for row in rows:
+            record = dict(zip(AGENT_COLUMNS, row, strict=True))
+            views[record["agent"]] = AgentView(
+                agent=record["agent"],
+                state=State(record["state"]),
+                reason=record["reason"] or "",
+                since=record["state_since"],
+                first_seen=record["first_seen"],
+                interval_s=record["interval_s"],
+                name=record["name"] or record["agent"],
+                host=record["host"] or "",
+                pid=record["pid"],
+                version=record["version"] or "",
+                group=record["group"],
+                depends_on=tuple(record["depends_on"] or ()),
+                labels=tuple(sorted(json.loads(record["labels"] or "{}").items())),
+                session=record["session"] or "",
+                last_seq=record["last_seq"] if record["last_seq"] is not None else -1,
+                last_heartbeat_at=record["last_heartbeat_at"],
+                heard_at=record["last_heartbeat_at"],
+                reported_status=ReportedStatus(record["reported_status"] or "healthy"),
+                reported_reason=record["reported_reason"],
+                last_progress_at=record["last_progress_at"],
+                paused=bool(record["paused"]),
+            )
+        return views
+
+    def query(
+        self, sql: str, parameters: Sequence[Any] | None = None, limit: int = MAX_QUERY_ROWS
+    ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """Run a read; return column names, at most `limit` rows, and whether rows were cut off."""
+        cursor = self._connection.cursor()
+        try:
+            result = cursor.execute(sql, parameters or [])
+            columns = [d[0] for d in result.description or []]
+            rows = result.fetchmany(limit + 1)
+        finally:
+            cursor.close()
+        return columns, rows[:limit], len(rows) > limit
+
+    def read_only_query(self, sql: str, limit: int = MAX_QUERY_ROWS) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """`query` for statements typed by a person: SELECT only (ReadOnlyViolation otherwise)."""
+        check_read_only(sql)
+        return self.query(sql, limit=limit)
+
+    def outages(self, agent: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Rows of the `outages` view, newest first, optionally one agent's and/or still open after `since`."""
+        clauses: list[str] = []
+        parameters: list[Any] = []
+        if agent is not None:
+            clauses.append("agent = ?")
+            parameters.append(agent)
+        if since is not None:
+            clauses.append("(ended_at IS NULL OR ended_at >= ?)")
+            parameters.append(since)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        columns, rows, _ = self.query(
+            f"SELECT agent, state, started_at, ended_at, duration_s FROM outages {where} ORDER BY started_at DESC",
+            parameters,
+            limit=1_000_000,
+        )
+        return [dict(zip(columns, row, strict=True)) for row in rows]

@@ -1,0 +1,129 @@
+"""The monitor's MQTT edge: a persistent paho session that only enqueues what arrives, plus the monitor's presence."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from publisher.mqtt import BrokerUrl, make_client
+from publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, monitor_status_topic
+
+__all__ = ["BrokerConnected", "BrokerLost", "Received", "Subscriber"]
+
+_log = logging.getLogger("fleetpulse.monitor")
+
+CONTROL_TOPIC_FILTERS = ("agents/+/control", "groups/+/control")
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    payload: bytes
+    retained: bool
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConnected:
+    at: datetime
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLost:
+    at: datetime
+    reason: str
+
+
+Event = Received | BrokerConnected | BrokerLost
+
+
+class Subscriber:
+    """Persistent MQTT session (fixed client id, clean session off, QoS 1) feeding `events`.
+
+    Heartbeats sent while the monitor restarts are queued by the broker for this client id and
+    delivered when it returns. paho's network thread does nothing but enqueue.
+    """
+
+    def __init__(
+        self,
+        url: BrokerUrl,
+        monitor_id: str,
+        events: queue.SimpleQueue[Event],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        presence: dict[str, Any] | None = None,
+    ) -> None:
+        self._url = url
+        self._events = events
+        self._clock = clock
+        self._presence_topic = monitor_status_topic(monitor_id)
+        self._presence = {
+            "monitor": monitor_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": format_timestamp(clock()),
+            **(presence or {}),
+        }
+        self._stopping = False
+        self._client = make_client(url, client_id=f"fleetpulse-monitor-{monitor_id}", clean_session=False)
+        self._client.max_queued_messages_set(0)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.will_set(self._presence_topic, self._presence_payload("offline", "will: connection lost"), 1, True)
+
+    def _presence_payload(self, state: str, reason: str) -> bytes:
+        return json.dumps(
+            {**self._presence, "state": state, "reason": reason, "at": format_timestamp(self._clock())}
+        ).encode()
+
+    def start(self) -> None:
+        self._client.connect_async(self._url.host, self._url.port, keepalive=10)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Announce a clean shutdown (retained `offline`), then disconnect so the will does not fire."""
+        self._stopping = True
+        if self._client.is_connected():
+            info = self._client.publish(self._presence_topic, self._presence_payload("offline", "stopped"), 1, True)
+            try:
+                info.wait_for_publish(timeout=5)
+            except (RuntimeError, ValueError):
+                _log.warning("monitor presence 'offline' not acknowledged")
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self._client.publish(topic, payload, qos=1)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            _log.error("broker %s refused the monitor: %s", self._url.display, reason_code)
+            return
+        # Subscribing again (even with the session present) makes the broker resend the retained
+        # health messages: the snapshot that restores every agent's state (SPEC §2).
+        client.subscribe([(HEALTH_TOPIC_FILTER, 1), *((topic, 1) for topic in CONTROL_TOPIC_FILTERS)])
+        client.publish(self._presence_topic, self._presence_payload("online", "running"), qos=1, retain=True)
+        self._events.put(BrokerConnected(self._clock(), bool(flags.session_present)))
+        _log.info("monitor connected to %s (session present: %s)", self._url.display, flags.session_present)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._events.put(BrokerLost(self._clock(), str(reason_code)))
+        if self._stopping:
+            return
+        _log.warning("monitor lost the broker %s (%s); reconnecting", self._url.display, reason_code)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # Raw topic bytes: paho's `.topic` raises on invalid UTF-8, which would kill this thread.
+        topic = message._topic.decode("utf-8", errors="replace")
+        self._events.put(Received(topic, bytes(message.payload), bool(message.retain), self._clock()))
