@@ -26,7 +26,7 @@ class PortInUseError(OSError):
 
 
 class _KeepAliveBroker(Broker):
-    """amqtt 0.12.1 `Broker` that drops clients silent for 1.5 x keep-alive (SPEC §2).
+    """amqtt 0.12.1 `Broker` that drops clients silent for 1.5 x keep-alive (SPEC §2) and keeps sessions.
 
     amqtt's reader loop already waits for each packet with `timeout=session.keep_alive`, but its
     broker-side `handle_read_timeout` does nothing, so a `kill -STOP`ped or partitioned client keeps its
@@ -55,6 +55,23 @@ class _KeepAliveBroker(Broker):
 
             handler.handle_read_timeout = drop_silent_client
         return handler, session
+
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Any) -> None:
+        # amqtt 0.12.1 calls this at every CONNECT for every topic filter *any* client subscribed to, so a
+        # new agent was sent the whole fleet's retained health messages, and subscribers got them twice.
+        # Retained messages go only to sessions that hold the subscription (MQTT 3.1.1 §3.3.1.3).
+        subscribers = self._subscriptions.get(subscription[0], [])
+        if any(subscriber.client_id == session.client_id for subscriber, _ in subscribers):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    async def _authenticate(self, session: Any, listener: Any) -> bool:
+        authenticated: bool = await super()._authenticate(session, listener)
+        # amqtt's AnonymousAuthPlugin marks every session of an open broker anonymous, and amqtt drops
+        # anonymous sessions at disconnect even with clean session off. The monitor's persistent
+        # session (messages queued while it restarts, SPEC §5 "nothing lost") needs them kept, as
+        # Mosquitto keeps them.
+        session.is_anonymous = False
+        return authenticated
 
 
 def _config(host: str, port: int) -> dict[str, Any]:
@@ -97,6 +114,13 @@ async def start_embedded_broker(host: str = "127.0.0.1", port: int = 1883) -> Br
     broker = _KeepAliveBroker(_config(host, port))
     await broker.start()
     return broker
+
+
+async def _close_listeners(broker: Broker) -> None:
+    for server in broker._servers.values():
+        instance = getattr(server, "instance", None)
+        if instance is not None:
+            instance.close()
 
 
 class EmbeddedBroker:
@@ -149,8 +173,15 @@ class EmbeddedBroker:
         if loop is None or broker is None or self._thread is None:
             return
         future = asyncio.run_coroutine_threadsafe(broker.shutdown(), loop)
-        with contextlib.suppress(Exception):
+        try:
             future.result(timeout=10)
+        except Exception:
+            _log.debug("embedded broker shutdown raised", exc_info=True)
+        # amqtt closes its listeners last in shutdown(); if anything before that failed, the port
+        # would stay bound until garbage collection. Close them for sure, so a restart can bind again.
+        closing = asyncio.run_coroutine_threadsafe(_close_listeners(broker), loop)
+        with contextlib.suppress(Exception):
+            closing.result(timeout=5)
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout=10)
         self._broker = None

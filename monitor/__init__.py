@@ -1,3 +1,5 @@
 """fleetpulse monitor: health state machine, history, alerting, dashboard and the `fleetpulse` CLI."""
 
-__all__: list[str] = []
+from monitor.client import MonitorClient
+
+__all__ = ["MonitorClient"]

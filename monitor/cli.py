@@ -1,26 +1,33 @@
-"""The `fleetpulse` command line: `up`, `broker`, `demo`."""
+"""The `fleetpulse` command line (SPEC §5): up, monitor, broker, demo, status, outages, sql, kill/pause/resume."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from publisher.mqtt import DEFAULT_BROKER_URL, make_client, parse_broker_url
-from publisher.protocol import HEALTH_TOPIC_FILTER, Kind, ProtocolError, parse_health, validate_id
+from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
+from publisher.protocol import Command, ControlCommand, validate_id
 
 __all__ = ["main"]
 
 _log = logging.getLogger("fleetpulse")
+DEFAULT_DB = "fleetpulse.duckdb"
+DEFAULT_HTTP_PORT = 8080
 
 
 class CliError(Exception):
@@ -35,7 +42,7 @@ def _setup_logging(verbose: bool) -> None:
     )
     if not verbose:
         # amqtt and its state-machine library log every connection at INFO.
-        for noisy in ("amqtt", "transitions", "asyncio"):
+        for noisy in ("amqtt", "transitions", "asyncio", "tornado.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -56,9 +63,20 @@ def _port(value: str) -> int:
         port = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {port}")
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
     return port
+
+
+def _issued_by() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:128]
+
+
+# -- long-running commands ------------------------------------------------------------------------
 
 
 def _start_broker(host: str, port: int) -> Any:
@@ -70,6 +88,153 @@ def _start_broker(host: str, port: int) -> Any:
         raise CliError(error.strerror) from None
     except OSError as error:
         raise CliError(f"cannot start the embedded broker on {host}:{port}: {error.strerror or error}") from None
+
+
+def _thresholds(args: argparse.Namespace) -> Any:
+    from monitor.health import ThresholdPolicy, Thresholds
+
+    def build(base: Thresholds, settings: dict[str, float]) -> Thresholds:
+        return Thresholds(**{**base.__dict__, **settings})
+
+    default = build(
+        Thresholds(),
+        {
+            name: value
+            for name, value in (
+                ("degraded_after_s", args.degraded_after),
+                ("unreachable_after_s", args.unreachable_after),
+                ("stall_after_s", args.stall_after),
+            )
+            if value is not None
+        },
+    )
+    overrides = []
+    for text in args.override or ():
+        pattern, _, assignments = text.partition(":")
+        settings: dict[str, float] = {}
+        for assignment in filter(None, assignments.split(",")):
+            name, _, value = assignment.partition("=")
+            if name.strip() not in ("degraded_after_s", "unreachable_after_s", "stall_after_s", "failure_ratio"):
+                raise CliError(
+                    f"--override {text!r}: unknown setting {name!r} "
+                    "(degraded_after_s, unreachable_after_s, stall_after_s, failure_ratio)"
+                )
+            try:
+                settings[name.strip()] = float(value)
+            except ValueError:
+                raise CliError(f"--override {text!r}: {value!r} is not a number") from None
+        if not pattern or not settings:
+            raise CliError(
+                f"--override {text!r}: use GLOB:setting=value[,setting=value], e.g. 'batch-*:degraded_after_s=600'"
+            )
+        overrides.append((pattern, build(default, settings)))
+    return ThresholdPolicy(default=default, overrides=tuple(overrides))
+
+
+def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]:
+    """Monitor plus its HTTP API; CliError (one line) for a held database or a taken port."""
+    from monitor.api import ApiServer
+    from monitor.service import Monitor, MonitorConfig
+    from monitor.store import StoreLocked
+
+    config = MonitorConfig(
+        broker=broker_url, db_path=Path(args.db), monitor_id=args.monitor_id, thresholds=_thresholds(args)
+    )
+    monitor = Monitor(config)
+    api = None
+    if args.dashboard_port:
+        try:
+            api = ApiServer(monitor, args.http_host, args.dashboard_port).start()
+        except OSError as error:
+            raise CliError(error.strerror or str(error)) from None
+    try:
+        monitor.start(api_url=api.url if api else None)
+    except StoreLocked as error:
+        if api:
+            api.stop()
+        raise CliError(f"{error}; stop it, or use another --db") from None
+    return monitor, api
+
+
+def _print_transitions(transitions: list[Any]) -> None:
+    for transition in transitions:
+        when = transition.at.astimezone().strftime("%H:%M:%S")
+        snapshot = " (from the retained snapshot)" if transition.snapshot else ""
+        change = f"{transition.from_state} -> {transition.to_state}"
+        print(f"{when} {transition.agent}: {change}: {transition.reason}{snapshot}", flush=True)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    parse_broker_url(args.broker)
+    stop = _stop_on_signals()
+    monitor, api = _start_monitor(args, args.broker)
+    monitor.add_listener(_print_transitions)
+    if api:
+        _log.info("HTTP API: %s/api/agents (also /api/outages, POST /api/sql, /healthz)", api.url)
+    stop.wait()
+    monitor.stop()
+    if api:
+        api.stop()
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from monitor.fleet import headline
+
+    stop = _stop_on_signals()
+    broker = None
+    if args.broker:
+        broker_url = args.broker
+        parse_broker_url(broker_url)
+    else:
+        broker = _start_broker(args.host, args.port)
+        broker_url = broker.url
+    children: list[subprocess.Popen[bytes]] = []
+    monitor = api = None
+    try:
+        monitor, api = _start_monitor(args, broker_url)
+        last_headline = [""]
+
+        def on_transitions(transitions: list[Any]) -> None:
+            _print_transitions(transitions)
+            line = headline(monitor.list_agents())
+            if line != last_headline[0]:
+                last_headline[0] = line
+                print(f"fleet: {line}", flush=True)
+
+        monitor.add_listener(on_transitions)
+        for n in range(1, args.demo + 1):
+            agent_id = f"demo-{n}"
+            command = [sys.executable, "-m", "monitor.cli", "demo", "--broker", broker_url, "--id", agent_id]
+            command += ["--interval-s", str(args.interval_s), "--keepalive-s", str(args.keepalive_s)]
+            children.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            _log.info("demo agent %s runs as pid %d (try: kill -9 %d)", agent_id, children[-1].pid, children[-1].pid)
+        if api:
+            _log.info("fleet as JSON: %s/api/status; `fleetpulse status` prints it", api.url)
+        if args.demo:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and len(monitor.list_agents()) < args.demo and not stop.is_set():
+                time.sleep(0.1)
+            print(f"fleet: {headline(monitor.list_agents())}", flush=True)
+        stop.wait()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 10
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if monitor is not None:
+            time.sleep(0.3)  # let the monitor store the demo agents' stop messages
+            monitor.stop()
+        if api is not None:
+            api.stop()
+        if broker is not None:
+            broker.stop()
+    return 0
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -99,65 +264,197 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_health_event(topic: str, payload: bytes, retained: bool) -> None:
+# -- questions about the fleet ---------------------------------------------------------------------
+
+
+def _running_monitor(db: Path) -> Any:
+    """A client for the monitor holding `db`, if its sidecar names an API that answers; else None."""
+    from monitor.client import MonitorClient, MonitorUnavailable
+    from monitor.service import sidecar_path
+
     try:
-        message = parse_health(topic, payload)
-    except ProtocolError as error:
-        print(f"{datetime.now():%H:%M:%S} rejected {topic[:80]}: {error.reason}", flush=True)
-        return
-    when = f"{datetime.now():%H:%M:%S}"
-    snapshot = " (retained)" if retained else ""
-    if message.kind is Kind.WILL:
-        line = f"{message.agent} DEAD: the broker published its will ({message.reason}), session {message.session}"
-    elif message.kind is Kind.STOP:
-        line = f"{message.agent} stopped: {message.reason}"
+        sidecar = json.loads(sidecar_path(db).read_text())
+    except (OSError, ValueError):
+        return None
+    if not sidecar.get("api"):
+        return None
+    client = MonitorClient(sidecar["api"], timeout_s=5)
+    try:
+        client.healthz()
+    except MonitorUnavailable:
+        return None
+    return client
+
+
+def _history(db: Path) -> Any:
+    """Where `outages` and `sql` read from: the running monitor's API, else the file itself."""
+    from monitor.service import sidecar_path
+    from monitor.store import Store, StoreLocked
+
+    client = _running_monitor(db)
+    if client is not None:
+        return client
+    if not db.exists():
+        raise CliError(f"no history at {db}: start `fleetpulse monitor` or `fleetpulse up` first, or pass --db PATH")
+    try:
+        return Store(db, read_only=True)
+    except StoreLocked as error:
+        try:
+            sidecar = json.loads(sidecar_path(db).read_text())
+            holder = f"monitor {sidecar.get('monitor_id')} (pid {sidecar.get('pid')}, API {sidecar.get('api')})"
+        except (OSError, ValueError):
+            holder = f"process {error.pid}" if error.pid else "another process"
+        raise CliError(
+            f"{db} is held by {holder}, and no monitor API answers for it; retry, or stop that process"
+        ) from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from monitor.fleet import agent_record, format_status, sort_for_people, summary
+    from monitor.health import ThresholdPolicy
+    from monitor.snapshot import read_retained_health, views_from_snapshot
+    from monitor.store import Store, StoreLocked
+
+    now = datetime.now(UTC)
+    db = Path(args.db)
+    source: str
+    client = _running_monitor(db)
+    if client is not None:
+        records = client.list_agents()
+        source = f"monitor at {client.url}"
     else:
-        metrics = message.metrics
-        work = f", {metrics.ok} ok / {metrics.failed} failed" if metrics else ""
-        birth = " BIRTH" if message.is_birth else ""
-        line = f"{message.agent}{birth} {message.status} seq {message.seq} pid {message.pid}{work}"
-    print(f"{when} {line}{snapshot}", flush=True)
-
-
-def _tail_health(broker_url: str, stop: threading.Event) -> None:
-    """Print every health message until `stop` (the monitor replaces this in `up`)."""
-    url = parse_broker_url(broker_url)
-    client = make_client(url, client_id=f"fleetpulse-up-{os.getpid()}")
-    client.on_connect = lambda c, u, f, rc, p: c.subscribe(HEALTH_TOPIC_FILTER, qos=1)
-    client.on_message = lambda c, u, m: _print_health_event(m.topic, bytes(m.payload), m.retain)
-    client.connect(url.host, url.port, keepalive=10)
-    client.loop_start()
-    stop.wait()
-    client.disconnect()
-    client.loop_stop()
-
-
-def _cmd_up(args: argparse.Namespace) -> int:
-    stop = _stop_on_signals()
-    broker = _start_broker(args.host, args.port)
-    children: list[subprocess.Popen[bytes]] = []
-    try:
-        for n in range(1, args.demo + 1):
-            agent_id = f"demo-{n}"
-            command = [sys.executable, "-m", "monitor.cli", "demo", "--broker", broker.url, "--id", agent_id]
-            command += ["--interval-s", str(args.interval_s), "--keepalive-s", str(args.keepalive_s)]
-            children.append(subprocess.Popen(command))
-            _log.info("demo agent %s runs as pid %d (try: kill -9 %d)", agent_id, children[-1].pid, children[-1].pid)
-        tail = threading.Thread(target=_tail_health, args=(broker.url, stop), daemon=True)
-        tail.start()
-        stop.wait()
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + 10
-        for child in children:
+        try:
+            messages = read_retained_health(parse_broker_url(args.broker))
+            records = [agent_record(v) for v in views_from_snapshot(messages, now, ThresholdPolicy())]
+            source = f"the broker's retained snapshot at {args.broker} (no monitor running)"
+        except ConnectionError as broker_error:
+            if not db.exists():
+                raise CliError(f"{broker_error}; and no history at {db}") from None
             try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-        broker.stop()
+                store = Store(db, read_only=True)
+            except StoreLocked as error:
+                raise CliError(f"{broker_error}; and {error}") from None
+            records = [agent_record(v) for v in store.load_views().values()]
+            store.close()
+            source = f"{db} as last stored ({broker_error})"
+    records = sort_for_people(records)
+    if args.json:
+        print(json.dumps({"summary": summary(records), "agents": records}))
+    else:
+        print(format_status(records, now))
+        print(f"\n(from {source})", file=sys.stderr)
     return 0
+
+
+def _cmd_outages(args: argparse.Namespace) -> int:
+    from monitor.api import parse_since, to_json
+    from monitor.client import MonitorClient
+
+    if args.agent:
+        validate_id(args.agent)
+    since = parse_since(args.since, datetime.now(UTC)) if args.since else None
+    history = _history(Path(args.db))
+    if isinstance(history, MonitorClient):
+        rows = history.outages(agent=args.agent, since=args.since)
+    else:
+        rows = json.loads(to_json(history.outages(agent=args.agent, since=since)))
+        history.close()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no outages" + (f" since {args.since}" if args.since else ""))
+        return 0
+    print(f"{'AGENT':24} {'STATE':12} {'STARTED':24} {'ENDED':24} DURATION")
+    for row in rows:
+        ended = row["ended_at"] or "(still open)"
+        print(f"{row['agent']:24} {row['state']:12} {row['started_at']:24} {ended:24} {row['duration_s']:.1f} s")
+    return 0
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from monitor.api import to_json
+    from monitor.client import MonitorClient, MonitorError
+    from monitor.store import ReadOnlyViolation
+
+    history = _history(Path(args.db))
+    try:
+        if isinstance(history, MonitorClient):
+            result = history.sql(args.statement)
+        else:
+            import duckdb
+
+            try:
+                columns, rows, truncated = history.read_only_query(args.statement)
+            except duckdb.Error as error:
+                raise CliError(str(error).splitlines()[0]) from None
+            finally:
+                history.close()
+            result = json.loads(to_json({"columns": columns, "rows": [list(r) for r in rows], "truncated": truncated}))
+    except (ReadOnlyViolation, MonitorError) as error:
+        raise CliError(str(error)) from None
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print("\t".join(result["columns"]))
+    for row in result["rows"]:
+        print("\t".join("NULL" if value is None else str(value) for value in row))
+    if result["truncated"]:
+        print(f"(first {len(result['rows'])} rows)", file=sys.stderr)
+    return 0
+
+
+def _cmd_command(args: argparse.Namespace) -> int:
+    from monitor.control import send_command
+
+    url = parse_broker_url(args.broker)
+    target = validate_id(args.target, "group" if args.group else "agent id")
+    order = ControlCommand(
+        command=Command(args.command), id=uuid.uuid4().hex, issued_by=args.issued_by or _issued_by(), reason=args.reason
+    )
+    kwargs = {"group": target} if args.group else {"agent": target}
+    try:
+        answer = send_command(url, order, wait_s=args.wait_s, **kwargs)
+    except ConnectionError as error:
+        raise CliError(str(error)) from None
+    where = f"groups/{target}" if args.group else target
+    if args.group:
+        print(f"sent {order.command} to every instance of group {target} (command id {order.id})")
+        return 0
+    if answer is None:
+        print(
+            f"sent {order.command} to {where} (command id {order.id}), but it did not confirm within {args.wait_s:g} s"
+        )
+        return 1
+    detail = f": {answer.reason}" if answer.reason else ""
+    print(f"{where} confirmed {order.command} (command id {order.id}){detail}")
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------------
+
+
+def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB history file (default {DEFAULT_DB})")
+    parser.add_argument("--monitor-id", default="default", help="names the monitor's MQTT session (default: default)")
+    parser.add_argument("--http-host", default="127.0.0.1", help="address the HTTP API listens on (default 127.0.0.1)")
+    parser.add_argument(
+        "--dashboard-port",
+        type=_port,
+        default=DEFAULT_HTTP_PORT,
+        help=f"HTTP API port (default {DEFAULT_HTTP_PORT}; 0 turns it off)",
+    )
+    parser.add_argument(
+        "--degraded-after", type=float, help="seconds without a heartbeat before degraded (3 x interval)"
+    )
+    parser.add_argument("--unreachable-after", type=float, help="seconds without a heartbeat before unreachable (10 x)")
+    parser.add_argument("--stall-after", type=float, help="seconds without task progress before degraded (600; 0: off)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        metavar="GLOB:SETTING=VALUE,...",
+        help="per-agent thresholds, e.g. 'batch-*:degraded_after_s=600,unreachable_after_s=3600' (repeatable)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,13 +462,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="embedded broker plus simulated agents, printing what the broker announces")
-    up.add_argument("--host", default="127.0.0.1", help="address the broker listens on (default 127.0.0.1)")
-    up.add_argument("--port", type=_port, default=1883, help="broker port (default 1883)")
+    up = commands.add_parser("up", help="embedded broker + monitor + HTTP API (+ N simulated agents)")
+    up.add_argument("--host", default="127.0.0.1", help="address the embedded broker listens on (default 127.0.0.1)")
+    up.add_argument("--port", type=_port, default=1883, help="embedded broker port (default 1883)")
+    up.add_argument("--broker", help="use this broker instead of starting the embedded one")
     up.add_argument("--demo", type=int, default=0, metavar="N", help="start N simulated agent processes")
     up.add_argument("--interval-s", type=float, default=2.0, help="demo heartbeat interval (default 2)")
     up.add_argument("--keepalive-s", type=int, default=2, help="demo MQTT keep-alive (default 2)")
+    _add_monitor_options(up)
     up.set_defaults(handler=_cmd_up)
+
+    monitor = commands.add_parser("monitor", help="watch the fleet: state machine, DuckDB history, HTTP API")
+    monitor.add_argument("--broker", default=DEFAULT_BROKER_URL, help=f"broker URL (default {DEFAULT_BROKER_URL})")
+    _add_monitor_options(monitor)
+    monitor.set_defaults(handler=_cmd_monitor)
 
     broker = commands.add_parser("broker", help="run the embedded MQTT broker (amqtt, keep-alive enforced)")
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -187,6 +491,40 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keepalive-s", type=int, default=2, help="MQTT keep-alive (default 2)")
     demo.add_argument("--failure-ratio", type=float, default=0.02, help="share of failing tasks (default 0.02)")
     demo.set_defaults(handler=_cmd_demo)
+
+    status = commands.add_parser("status", help="the fleet now: from the running monitor, else the broker")
+    status.add_argument("--json", action="store_true", help='print {"summary": ..., "agents": [...]}')
+    status.add_argument("--broker", default=DEFAULT_BROKER_URL, help=f"broker URL (default {DEFAULT_BROKER_URL})")
+    status.add_argument("--db", default=DEFAULT_DB, help=f"history file whose monitor to ask (default {DEFAULT_DB})")
+    status.set_defaults(handler=_cmd_status)
+
+    outages = commands.add_parser("outages", help="stays in degraded or unreachable, newest first")
+    outages.add_argument("--agent", help="one agent's outages")
+    outages.add_argument("--since", help="e.g. 7d, 12h, 30m, or an RFC 3339 time")
+    outages.add_argument("--json", action="store_true", help="print a JSON list of outages rows")
+    outages.add_argument("--db", default=DEFAULT_DB, help=f"history file (default {DEFAULT_DB})")
+    outages.set_defaults(handler=_cmd_outages)
+
+    sql = commands.add_parser("sql", help="a read-only SQL query over the history")
+    sql.add_argument("statement", help='e.g. "SELECT agent, count(*) FROM heartbeats GROUP BY 1"')
+    sql.add_argument("--json", action="store_true", help='print {"columns": [...], "rows": [[...]], "truncated": ...}')
+    sql.add_argument("--db", default=DEFAULT_DB, help=f"history file (default {DEFAULT_DB})")
+    sql.set_defaults(handler=_cmd_sql)
+
+    for name, help_text in (
+        ("kill", "stop an agent: its kill callback runs, then it publishes stop"),
+        ("pause", "hold an agent's work loop (wait_if_paused)"),
+        ("resume", "release a paused agent"),
+        ("rebirth", "ask an agent to republish its full heartbeat now"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("target", help="agent id (or group, with --group)")
+        command.add_argument("--group", action="store_true", help="send to every instance of this group")
+        command.add_argument("--reason", default="", help="why: recorded in the audit log")
+        command.add_argument("--issued-by", help="who (default user@host)")
+        command.add_argument("--broker", default=DEFAULT_BROKER_URL, help=f"broker URL (default {DEFAULT_BROKER_URL})")
+        command.add_argument("--wait-s", type=float, default=10.0, help="how long to wait for the agent to confirm")
+        command.set_defaults(handler=_cmd_command, command=name)
     return parser
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from publisher.protocol import HealthMessage, Kind, ReportedStatus
@@ -40,7 +40,21 @@ class Outcome(StrEnum):
 
     APPLIED = "applied"
     DUPLICATE = "duplicate"  # same session and a seq already seen (amqtt's double retained delivery, replays)
-    STALE_WILL = "stale_will"  # a will for a session that is no longer the agent's current one
+    STALE_WILL = "stale_will"  # a will for a session that is no longer current, or after its own stop
+    STALE_SESSION = "stale_session"  # a late heartbeat or stop of a session the agent has since replaced
+    LATE = "late"  # an older heartbeat not seen before (queued while a newer retained copy overtook it):
+    # stored for the history, but it changes nothing about the present
+
+
+# Which of the last SEEN_WINDOW seqs of the current session were seen, as a bit mask (bit i: seq
+# last_seq - i). Distinguishes a late first delivery from a duplicate without unbounded memory.
+SEEN_WINDOW = 1024
+_SEEN_ALL = (1 << SEEN_WINDOW) - 1
+
+
+# Sessions an agent replaced, remembered so their late messages (paho resends unacknowledged QoS 1
+# messages after a reconnect) cannot make them current again.
+RETIRED_SESSIONS_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -51,8 +65,18 @@ class Thresholds:
     unreachable_after_s: float | None = None  # default 10 x interval_s
     stall_after_s: float = 600.0  # no task progress for this long -> degraded; 0 turns it off
     failure_ratio: float = 0.5  # failed / (ok + failed) above this over the window -> degraded
-    failure_window: int = 10  # heartbeats the failure ratio looks back over
+    failure_window: int = 10  # heartbeats the failure ratio looks back over; 0 turns it off
     failure_min_tasks: int = 10  # fewer tasks than this in the window never count as failing
+
+    def __post_init__(self) -> None:
+        for name in ("degraded_after_s", "unreachable_after_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        if self.stall_after_s < 0 or not 0 <= self.failure_ratio <= 1:
+            raise ValueError("stall_after_s must be >= 0 and failure_ratio between 0 and 1")
+        if self.failure_window < 0 or self.failure_min_tasks < 0:
+            raise ValueError("failure_window and failure_min_tasks must be >= 0")
 
     def degraded_after(self, interval_s: float) -> float:
         return self.degraded_after_s if self.degraded_after_s is not None else 3.0 * interval_s
@@ -114,17 +138,16 @@ class AgentView:
     heard_at: datetime | None = None
     reported_status: ReportedStatus = ReportedStatus.HEALTHY
     reported_reason: str | None = None
-    last_progress_at: datetime | None = None
+    last_progress_at: datetime | None = None  # agent clock
+    last_sent_at: datetime | None = None  # agent clock, of the last heartbeat: stall is judged skew-free
     paused: bool = False
     recent_tasks: tuple[tuple[int, int], ...] = ()  # (ok, failed) of the last heartbeats
     # While `unknown` (monitor just started, or lost the broker): the last state it knew, so that
     # learning the truth again is a transition only when the truth differs.
     known_state: State | None = None
     known_reason: str | None = None
-
-
-def _seconds(span: timedelta) -> int:
-    return int(span.total_seconds())
+    retired_sessions: tuple[str, ...] = ()
+    seen_mask: int = _SEEN_ALL  # resumed views assume everything up to last_seq was seen
 
 
 def _with_identity(view: AgentView, message: HealthMessage) -> AgentView:
@@ -167,8 +190,16 @@ def _live_state(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple
         return State.DEGRADED, f"reported: {view.reported_reason or 'degraded'}"
     if view.paused:
         return State.HEALTHY, "paused by operator"
-    if thresholds.stall_after_s > 0 and view.last_progress_at is not None:
-        idle_s = (now - view.last_progress_at).total_seconds()
+    if (
+        thresholds.stall_after_s > 0
+        and view.last_progress_at is not None
+        and view.last_sent_at is not None
+        and view.last_heartbeat_at is not None
+    ):
+        # Idle on the agent's clock up to its last heartbeat, plus the monitor's time since receiving
+        # it: no clock skew between the two machines enters.
+        idle_s = (view.last_sent_at - view.last_progress_at).total_seconds()
+        idle_s += (now - view.last_heartbeat_at).total_seconds()
         if idle_s >= thresholds.stall_after_s:
             return State.DEGRADED, f"stalled: no task for {int(idle_s)} s"
     ok = sum(tasks[0] for tasks in view.recent_tasks)
@@ -209,9 +240,18 @@ def apply_message(
         view = _new_view(message, now)
     current = _current(view)
     same_session = message.session == view.session
+    if message.session in view.retired_sessions:
+        return view, None, Outcome.STALE_WILL if message.kind is Kind.WILL else Outcome.STALE_SESSION
+    if view.session and not same_session:
+        retired = (*view.retired_sessions, view.session)[-RETIRED_SESSIONS_KEPT:]
+    else:
+        retired = view.retired_sessions
 
     if message.kind is Kind.WILL:
         if view.session and not same_session:
+            return view, None, Outcome.STALE_WILL
+        if current is State.KILLED and view.session:
+            # The process died between its stop and its clean disconnect: the stop stands.
             return view, None, Outcome.STALE_WILL
         if current is State.UNREACHABLE and view.state is not State.UNKNOWN and view.reason.startswith("will"):
             return view, None, Outcome.DUPLICATE
@@ -222,25 +262,39 @@ def apply_message(
     if message.kind is Kind.STOP:
         if same_session and current is State.KILLED and view.state is not State.UNKNOWN:
             return view, None, Outcome.DUPLICATE
-        view = replace(_with_identity(view, message), session=message.session)
+        view = replace(_with_identity(view, message), session=message.session, retired_sessions=retired)
         reason = f"stopped: {message.reason or 'no reason given'}"
         moved, transition = _move(view, State.KILLED, reason, now, snapshot)
         return moved, transition, Outcome.APPLIED
 
     assert message.seq is not None and message.status is not None  # HealthMessage enforces it for heartbeats
-    if same_session and (message.seq <= view.last_seq or current is State.KILLED):
-        # A replay, amqtt's second copy of a retained message, or a late heartbeat after this
-        # session's own stop: nothing new.
-        return view, None, Outcome.DUPLICATE
+    if same_session and message.seq <= view.last_seq:
+        # Not newer. Either seen already (a replay, amqtt's second copy of a retained message) or a
+        # first delivery that a newer retained copy overtook at (re)subscribe: keep that one for the
+        # history, but it says nothing about now.
+        offset = view.last_seq - message.seq
+        if offset >= SEEN_WINDOW or (view.seen_mask >> offset) & 1:
+            return view, None, Outcome.DUPLICATE
+        return replace(view, seen_mask=view.seen_mask | (1 << offset)), None, Outcome.LATE
+    seen_mask = ((view.seen_mask << (message.seq - view.last_seq)) | 1) & _SEEN_ALL if same_session else 1
+    if same_session and current is State.KILLED:
+        # Sent before this session's stop, delivered after it: history, not news.
+        return replace(view, last_seq=message.seq, seen_mask=seen_mask), None, Outcome.LATE
     tasks = view.recent_tasks if same_session else ()
     if message.metrics is not None:
-        tasks = (*tasks, (message.metrics.ok, message.metrics.failed))[-thresholds.failure_window :]
+        tasks = (*tasks, (message.metrics.ok, message.metrics.failed))
+        # The last `failure_window` windows. Not `[-failure_window:]`: with a window of 0 that slice keeps
+        # everything, so the tuple would grow by one per heartbeat forever and judge all of history.
+        tasks = tasks[max(0, len(tasks) - thresholds.failure_window) :]
     progress_at = message.metrics.last_progress_at if message.metrics is not None else None
     previous_reason = view.known_reason if view.state is State.UNKNOWN else view.reason
     view = replace(
         _with_identity(view, message),
         session=message.session,
+        retired_sessions=retired,
         last_seq=message.seq,
+        seen_mask=seen_mask,
+        last_sent_at=message.sent_at,
         last_heartbeat_at=now,
         heard_at=now,
         reported_status=message.status,
@@ -260,7 +314,11 @@ def apply_message(
 
 
 def tick(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple[AgentView, Transition | None]:
-    """Re-evaluate the time-based rules (late heartbeat, stall) at `now`."""
+    """Re-evaluate the time-based rules (late heartbeat, stall) at `now`.
+
+    Only while the monitor hears the broker: silence it could not have heard proves nothing
+    (after `broker_lost`, call `listening_resumed` before ticking again).
+    """
     if view.state is State.UNKNOWN:
         if view.known_state is None or view.heard_at is None:
             return view, None

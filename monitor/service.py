@@ -11,7 +11,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,16 @@ from monitor.health import (
 from monitor.store import Store, WriteBatch
 from monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Subscriber
 from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
-from publisher.protocol import ProtocolError, format_timestamp, is_valid_id, parse_control, parse_health, validate_id
+from publisher.protocol import (
+    Kind,
+    ProtocolError,
+    format_timestamp,
+    is_valid_id,
+    monitor_status_topic,
+    parse_control,
+    parse_health,
+    validate_id,
+)
 
 __all__ = ["Monitor", "MonitorConfig", "sidecar_path"]
 
@@ -54,6 +63,10 @@ class MonitorConfig:
     flush_interval_s: float = 0.25  # heartbeat rows wait at most this long; transitions never wait
     flush_rows: int = 5_000
     rejected_rows_per_s: float = 50.0  # beyond this (burst 500) rejections are only counted
+    # A broker shutting down gracefully (Mosquitto on SIGTERM) publishes the will of every client it
+    # drops, the monitor's own included, just before it drops the monitor. Will-caused transitions are
+    # held this long; if the broker goes away meanwhile they were a shutdown, not deaths.
+    will_settle_s: float = 0.1
 
 
 class _TokenBucket:
@@ -85,6 +98,7 @@ class Monitor:
         self._stats: Counter[str] = Counter()
         self._listeners: list[TransitionListener] = []
         self._recent_commands: OrderedDict[str, None] = OrderedDict()
+        self._held_wills: list[tuple[float, Transition]] = []  # (release at, monotonic), transition
         self._rejections = _TokenBucket(config.rejected_rows_per_s, 500)
         self._connected = False
         self._ever_connected = False
@@ -94,6 +108,7 @@ class Monitor:
         self._subscriber: Subscriber | None = None
         self._core: threading.Thread | None = None
         self.api_url: str | None = None
+        self._presence_topic = monitor_status_topic(config.monitor_id)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -187,7 +202,13 @@ class Monitor:
                 pass
             with self._views_lock:
                 for event in events:
-                    self._handle(event, pending)
+                    try:
+                        self._handle(event, pending)
+                    except Exception:
+                        # One bad event must never stop the monitor: log it, count it, go on.
+                        _log.exception("monitor: could not handle %r", event)
+                        self._stats["handler_errors"] += 1
+                self._release_wills(pending)
                 if self._connected and time.monotonic() - last_tick >= self.config.tick_interval_s:
                     self._tick_all(pending)
                     last_tick = time.monotonic()
@@ -198,6 +219,7 @@ class Monitor:
                 last_flush = time.monotonic()
             if self._stopping.is_set() and self._events.empty():
                 break
+        pending.transitions.extend(transition for _, transition in self._held_wills)
         pending.events.append((self._clock(), self.config.monitor_id, "stopped", "graceful shutdown"))
         self._flush(pending)
 
@@ -226,7 +248,9 @@ class Monitor:
     def _handle(self, event: Event, pending: WriteBatch) -> None:
         if isinstance(event, Received):
             self._stats["received"] += 1
-            if event.topic.startswith("agents/") and event.topic.endswith("/health"):
+            if event.topic == self._presence_topic:
+                self._handle_own_presence(event, pending)
+            elif event.topic.startswith("agents/") and event.topic.endswith("/health"):
                 self._handle_health(event, pending)
             elif event.topic.endswith("/control"):
                 self._handle_command(event, pending)
@@ -243,10 +267,38 @@ class Monitor:
                 return
             self._connected = False
             # One monitor-level event: every agent becomes unknown, no per-agent outage (SPEC §3).
+            self._discard_held_wills(pending)
             self._views = {agent: broker_lost(view, event.at) for agent, view in self._views.items()}
             pending.events.append((event.at, self.config.monitor_id, "broker_lost", event.reason))
 
+    def _handle_own_presence(self, event: Received, pending: WriteBatch) -> None:
+        try:
+            presence = json.loads(event.payload)
+        except ValueError:
+            return
+        # Our own will, delivered to us while we are connected: the broker is dropping every client,
+        # i.e. shutting down. Treat it as losing the broker now, before the other wills land.
+        if not event.retained and presence.get("state") == "offline" and presence.get("pid") == os.getpid():
+            self._handle(BrokerLost(event.received_at, "the broker is shutting down (it published our will)"), pending)
+
+    def _release_wills(self, pending: WriteBatch) -> None:
+        now = time.monotonic()
+        while self._held_wills and self._held_wills[0][0] <= now:
+            pending.transitions.append(self._held_wills.pop(0)[1])
+
+    def _discard_held_wills(self, pending: WriteBatch) -> None:
+        """The broker went away right after these wills: it was shutting down, not the agents dying."""
+        for _, transition in self._held_wills:
+            view = self._views.get(transition.agent)
+            if view is not None:
+                view = replace(view, state=transition.from_state, reason="broker shutting down")
+                self._views[transition.agent] = pending.agents[transition.agent] = view
+            self._stats["wills_discarded_at_broker_shutdown"] += 1
+        self._held_wills.clear()
+
     def _handle_health(self, event: Received, pending: WriteBatch) -> None:
+        if not self._connected:
+            return  # after our own will: the broker is shutting down, what it says now is not news
         try:
             message = parse_health(event.topic, event.payload)
         except ProtocolError as error:
@@ -257,12 +309,20 @@ class Monitor:
             self._views.get(message.agent), message, event.received_at, thresholds, snapshot=event.retained
         )
         self._stats[outcome.value] += 1
+        if outcome is Outcome.LATE:
+            self._views[message.agent] = view
+            pending.add_message(message, event.received_at, event.retained)
+            return
         if outcome is not Outcome.APPLIED:
             return
         self._views[message.agent] = view
         pending.agents[message.agent] = view
         pending.add_message(message, event.received_at, event.retained)
-        if transition is not None:
+        if transition is None:
+            return
+        if message.kind is Kind.WILL and not event.retained:
+            self._held_wills.append((time.monotonic() + self.config.will_settle_s, transition))
+        else:
             pending.transitions.append(transition)
 
     def _handle_command(self, event: Received, pending: WriteBatch) -> None:

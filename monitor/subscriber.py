@@ -112,7 +112,8 @@ class Subscriber:
             return
         # Subscribing again (even with the session present) makes the broker resend the retained
         # health messages: the snapshot that restores every agent's state (SPEC §2).
-        client.subscribe([(HEALTH_TOPIC_FILTER, 1), *((topic, 1) for topic in CONTROL_TOPIC_FILTERS)])
+        topics = [HEALTH_TOPIC_FILTER, *CONTROL_TOPIC_FILTERS, self._presence_topic]
+        client.subscribe([(topic, 1) for topic in topics])
         client.publish(self._presence_topic, self._presence_payload("online", "running"), qos=1, retain=True)
         self._events.put(BrokerConnected(self._clock(), bool(flags.session_present)))
         _log.info("monitor connected to %s (session present: %s)", self._url.display, flags.session_present)

@@ -453,6 +453,7 @@ class Agent:
             self._resumed.clear()
             self._wake.set()
         elif command.command is Command.RESUME:
+            self.progress()  # a long pause is not a stall
             self._resumed.set()
             self._wake.set()
         elif command.command is Command.REBIRTH:

@@ -58,6 +58,14 @@ __all__ = [
 
 AgentId = Annotated[str, Field(pattern=ID_PATTERN)]
 
+
+def _aware(value: datetime, name: str) -> datetime:
+    """RFC 3339 requires an offset; a naive time would break every comparison with the monitor's clock."""
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must carry a UTC offset (RFC 3339)")
+    return value.astimezone(UTC)
+
+
 _FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 _Count = Annotated[int, Field(ge=0, le=2**63 - 1)]  # fits a DuckDB BIGINT
 
@@ -87,6 +95,11 @@ class Metrics(_Strict):
     by_model: dict[Annotated[str, Field(max_length=128)], ModelUsage] = Field(default_factory=dict, max_length=64)
     last_progress_at: datetime | None = None
 
+    @field_validator("last_progress_at")
+    @classmethod
+    def _require_timezone(cls, value: datetime | None) -> datetime | None:
+        return _aware(value, "last_progress_at") if value is not None else None
+
 
 class HealthMessage(_Strict):
     """One message on `agents/<id>/health`: heartbeat (seq 0 is the birth), stop, or will."""
@@ -115,9 +128,7 @@ class HealthMessage(_Strict):
     @field_validator("sent_at")
     @classmethod
     def _require_timezone(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("sent_at must carry a UTC offset (RFC 3339)")
-        return value.astimezone(UTC)
+        return _aware(value, "sent_at")
 
     @model_validator(mode="after")
     def _kind_rules(self) -> HealthMessage:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import EmbeddedBroker
+from broker.mosquitto import MosquittoProcess, free_port
 from publisher.protocol import HealthMessage, ProtocolError, parse_health
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,30 +36,18 @@ def require_tool(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
-
-
 @dataclass
 class BrokerProcess:
-    """A running broker the tests can restart on the same port."""
+    """A running broker the tests can stop and start again on the same port."""
 
     kind: str
     port: int
-    restart: Callable[[], None]
+    stop: Callable[[], None]
+    start: Callable[[], None]
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     @property
     def url(self) -> str:
@@ -71,42 +59,19 @@ def amqtt_broker() -> Iterator[BrokerProcess]:
     port = free_port()
     holder = {"broker": EmbeddedBroker("127.0.0.1", port).start()}
 
-    def restart() -> None:
-        holder["broker"].stop()
+    def start() -> None:
         holder["broker"] = EmbeddedBroker("127.0.0.1", port).start()
 
-    yield BrokerProcess("amqtt", port, restart)
+    yield BrokerProcess("amqtt", port, lambda: holder["broker"].stop(), start)
     holder["broker"].stop()
 
 
 @pytest.fixture
 def mosquitto_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    binary = require_tool("mosquitto")
-    port = free_port()
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"
-    )
-    log = (tmp_path / "mosquitto.log").open("wb")
-    holder: dict[str, subprocess.Popen[bytes]] = {}
-
-    def launch() -> None:
-        holder["process"] = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log)
-        wait_for_port(port)
-
-    def restart() -> None:
-        holder["process"].terminate()
-        holder["process"].wait(timeout=10)
-        launch()
-
-    launch()
-    yield BrokerProcess("mosquitto", port, restart)
-    holder["process"].terminate()
-    try:
-        holder["process"].wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        holder["process"].kill()
-    log.close()
+    require_tool("mosquitto")
+    mosquitto = MosquittoProcess(tmp_path).start()
+    yield BrokerProcess("mosquitto", mosquitto.port, mosquitto.stop, mosquitto.start)
+    mosquitto.stop()
 
 
 @pytest.fixture(params=["amqtt", "mosquitto"])

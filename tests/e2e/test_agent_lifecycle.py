@@ -14,9 +14,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import EmbeddedBroker
+from broker.mosquitto import free_port
 from publisher import Agent, ControlCommand
 from publisher.protocol import Command, Kind, ReportedStatus, control_topic
-from tests.conftest import BrokerProcess, HealthRecorder, Received, free_port, subscribe_health
+from tests.conftest import BrokerProcess, HealthRecorder, Received, subscribe_health
 
 AGENT_SCRIPT = "tests/e2e/_agent_process.py"
 Recorders = Callable[[BrokerProcess], HealthRecorder]

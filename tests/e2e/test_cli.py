@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from broker.mosquitto import free_port, wait_for_port
 from publisher.protocol import Command, Kind
-from tests.conftest import BrokerProcess, HealthRecorder, free_port, wait_for_port
+from tests.conftest import BrokerProcess, HealthRecorder
 from tests.e2e.test_agent_lifecycle import _of, _publish_command
 
 CLI = [sys.executable, "-m", "monitor.cli"]
@@ -52,22 +54,20 @@ def test_bad_arguments_are_one_line_errors() -> None:
     assert "scheme must be mqtt:// or mqtts://" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_up_with_demo_agents_announces_a_kill_9_and_stops_cleanly() -> None:
-    port = free_port()
+def test_up_with_demo_agents_announces_a_kill_9_and_stops_cleanly(tmp_path: Path) -> None:
+    port, http_port = free_port(), free_port()
     up = subprocess.Popen(
-        [*CLI, "up", "--demo", "2", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+        [*CLI, "up", "--demo", "2", "--port", str(port), "--dashboard-port", str(http_port),
+         "--db", str(tmp_path / "up.duckdb")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
     try:
-        lines = _read_until(up, "demo-2 runs as pid")
+        lines = _read_until(up, "fleet: 2/2 healthy")
         found = (re.search(r"demo agent (\S+) runs as pid (\d+)", line) for line in lines)
         pids = {match[1]: int(match[2]) for match in found if match}
-        _read_until(up, "demo-1 BIRTH healthy")
         os.kill(pids["demo-1"], signal.SIGKILL)
-        _read_until(up, "demo-1 DEAD: the broker published its will")
+        _read_until(up, "demo-1: healthy -> unreachable: will: connection lost")
+        _read_until(up, "fleet: 1/2 healthy (1 unreachable)")
         os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
         assert up.wait(timeout=30) == 0
     finally:

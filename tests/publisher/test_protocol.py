@@ -247,3 +247,10 @@ def test_control_parsing_accepts_exactly_the_valid_commands(document: dict[str, 
         assert not valid
     else:
         assert valid and parsed.command == document["command"]
+
+
+def test_a_progress_time_without_offset_is_rejected_at_the_boundary() -> None:
+    with pytest.raises(ProtocolError, match="last_progress_at"):
+        parse_health(
+            "agents/a/health", encode(heartbeat(agent="a", metrics={"last_progress_at": "2026-11-29T11:00:00"}))
+        )

@@ -1,0 +1,80 @@
+"""`MonitorClient`: a running monitor's HTTP API from Python (SPEC §5)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+__all__ = ["MonitorClient", "MonitorError", "MonitorUnavailable"]
+
+
+class MonitorError(RuntimeError):
+    """The monitor answered with an error (bad request, refused statement, unknown agent)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MonitorUnavailable(ConnectionError):
+    """Nothing answers at the monitor's URL."""
+
+
+class MonitorClient:
+    """`MonitorClient("http://127.0.0.1:8080").list_agents()`."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"monitor URL must look like http://127.0.0.1:8080, got {url!r}")
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.url + path, data=data, headers={"Content-Type": "application/json"} if data else {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            try:
+                message = json.loads(error.read()).get("error", error.reason)
+            except ValueError:
+                message = str(error.reason)
+            raise MonitorError(error.code, message) from None
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise MonitorUnavailable(f"no fleetpulse monitor answers at {self.url}: {reason}") from None
+
+    def healthz(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("/healthz")
+        return result
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent: `agent`, `display_name`, `health_status`, `last_heartbeat_at`, `reason`, `host`, `group`, ..."""
+        result: list[dict[str, Any]] = self._call("/api/agents")
+        return result
+
+    def agent(self, agent_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(f"/api/agents/{urllib.parse.quote(agent_id, safe='')}")
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """`{"summary": {state: count}, "agents": [...]}`, as `fleetpulse status --json` prints it."""
+        result: dict[str, Any] = self._call("/api/status")
+        return result
+
+    def outages(self, agent: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
+        query = urllib.parse.urlencode({k: v for k, v in (("agent", agent), ("since", since)) if v is not None})
+        result: list[dict[str, Any]] = self._call("/api/outages" + (f"?{query}" if query else ""))
+        return result
+
+    def sql(self, statement: str) -> dict[str, Any]:
+        """`{"columns": [...], "rows": [[...]], "truncated": bool}`; MonitorError(403) for anything but SELECT."""
+        result: dict[str, Any] = self._call("/api/sql", {"sql": statement})
+        return result
