@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.session import OUTGOING
 
 __all__ = ["EmbeddedBroker", "PortInUseError", "start_embedded_broker"]
 
@@ -54,6 +55,10 @@ class _KeepAliveBroker(Broker):
                 handler.fleetpulse_drop_task = asyncio.ensure_future(handler.handle_connection_closed())
 
             handler.handle_read_timeout = drop_silent_client
+        original_qos1_flow = handler._handle_qos1_message_flow
+        handler._handle_qos1_message_flow = lambda message: _qos1_flow_keeping_unacked(
+            handler, message, original_qos1_flow
+        )
         return handler, session
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Any) -> None:
@@ -72,6 +77,33 @@ class _KeepAliveBroker(Broker):
         # Mosquitto keeps them.
         session.is_anonymous = False
         return authenticated
+
+
+async def _qos1_flow_keeping_unacked(handler: Any, message: Any, original: Any) -> None:
+    """amqtt 0.12.1's QoS 1 delivery to a subscriber, except that an unacknowledged message stays in flight.
+
+    amqtt drops an outgoing QoS 1 message from the session's in-flight set when its PUBACK does not come
+    (timeout, or the subscriber disconnecting), even for a persistent session, so the message is lost
+    instead of being resent on reconnect (MQTT 3.1.1 §4.4). A monitor restarting at the wrong moment lost
+    a heartbeat that way. Here it stays in flight and amqtt's own `_retry_deliveries` resends it.
+    """
+    if message.direction != OUTGOING or message.puback_packet or handler.session is None:
+        await original(message)
+        return
+    handler.session.inflight_out[message.packet_id] = message
+    dup = message.publish_packet is not None
+    packet = message.build_publish_packet(dup=True) if dup else message.build_publish_packet()
+    await handler._send_packet(packet)
+    message.publish_packet = packet
+    waiter: asyncio.Future[Any] = asyncio.Future()
+    handler._puback_waiters[message.packet_id] = waiter
+    try:
+        message.puback_packet = await asyncio.wait_for(waiter, timeout=5)
+    except TimeoutError:
+        raise TimeoutError(f"Timeout waiting for PUBACK for packet ID {message.packet_id}") from None
+    finally:
+        handler._puback_waiters.pop(message.packet_id, None)
+    handler.session.inflight_out.pop(message.packet_id, None)  # acknowledged: now it may go
 
 
 def _config(host: str, port: int) -> dict[str, Any]:

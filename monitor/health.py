@@ -151,6 +151,19 @@ class AgentView:
 
 
 def _with_identity(view: AgentView, message: HealthMessage) -> AgentView:
+    depends_on = tuple(message.depends_on)
+    labels = tuple(sorted(message.labels.items()))
+    if (
+        view.name == message.name
+        and view.host == message.host
+        and view.pid == message.pid
+        and view.version == message.version
+        and view.group == message.group
+        and view.depends_on == depends_on
+        and view.labels == labels
+        and view.interval_s == message.interval_s
+    ):
+        return view  # the common case: no copy of the (large) view per heartbeat
     return replace(
         view,
         name=message.name,
@@ -158,8 +171,8 @@ def _with_identity(view: AgentView, message: HealthMessage) -> AgentView:
         pid=message.pid,
         version=message.version,
         group=message.group,
-        depends_on=tuple(message.depends_on),
-        labels=tuple(sorted(message.labels.items())),
+        depends_on=depends_on,
+        labels=labels,
         interval_s=message.interval_s,
     )
 
@@ -220,6 +233,8 @@ def _move(
     """Enter `state`; a transition only when it differs from the last known state."""
     previous = _current(view)
     if previous is state:
+        if view.state is state and view.reason == reason and view.known_state is None:
+            return view, None
         # Unchanged, or the truth is what it was before a monitor restart / broker loss: `since` stays.
         return replace(view, state=state, reason=reason, known_state=None, known_reason=None), None
     moved = replace(view, state=state, reason=reason, since=now, known_state=None, known_reason=None)

@@ -47,6 +47,8 @@ _log = logging.getLogger("fleetpulse.monitor")
 
 TransitionListener = Callable[[list[Transition]], None]
 
+AGENT_ROW_REFRESH_S = 5.0  # an agent row that only saw more heartbeats is rewritten at most this often
+
 
 def sidecar_path(db_path: Path) -> Path:
     """Where a running monitor says who it is and where its API listens, next to the database it holds."""
@@ -67,6 +69,11 @@ class MonitorConfig:
     # drops, the monitor's own included, just before it drops the monitor. Will-caused transitions are
     # held this long; if the broker goes away meanwhile they were a shutdown, not deaths.
     will_settle_s: float = 0.1
+    # The monitor sends itself a probe through the broker every tick. With no probe back for this long,
+    # the broker has stopped delivering (stalled, partitioned, or shutting down without closing our
+    # connection yet): agents become unknown and the clock stops judging them, rather than marking the
+    # whole fleet late. Detected through paho alone this would take 1.5 x keep-alive (15 s).
+    probe_timeout_s: float = 3.0
 
 
 class _TokenBucket:
@@ -98,9 +105,11 @@ class Monitor:
         self._stats: Counter[str] = Counter()
         self._listeners: list[TransitionListener] = []
         self._recent_commands: OrderedDict[str, None] = OrderedDict()
+        self._agents_written: dict[str, tuple[tuple[Any, ...], float]] = {}
         self._held_wills: list[tuple[float, Transition]] = []  # (release at, monotonic), transition
         self._rejections = _TokenBucket(config.rejected_rows_per_s, 500)
         self._connected = False
+        self._broker_silent = False
         self._ever_connected = False
         self._stopping = threading.Event()
         self._shutting_down = False
@@ -210,22 +219,49 @@ class Monitor:
                         self._stats["handler_errors"] += 1
                 self._release_wills(pending)
                 if self._connected and time.monotonic() - last_tick >= self.config.tick_interval_s:
-                    self._tick_all(pending)
+                    if self._broker_delivers(pending):
+                        self._tick_all(pending)
                     last_tick = time.monotonic()
-            due = len(pending) and time.monotonic() - last_flush >= self.config.flush_interval_s
-            if pending.transitions or len(pending) >= self.config.flush_rows or due:
-                self._flush(pending)
-                pending = WriteBatch()
+            elapsed_s = time.monotonic() - last_flush
+            rows_waiting = len(pending) - len(pending.agents)
+            due = (rows_waiting and elapsed_s >= self.config.flush_interval_s) or (pending.agents and elapsed_s >= 1.0)
+            if pending.transitions or rows_waiting >= self.config.flush_rows or due:
+                carried = self._flush(pending)
+                pending = WriteBatch(agents=carried)
                 last_flush = time.monotonic()
             if self._stopping.is_set() and self._events.empty():
                 break
         pending.transitions.extend(transition for _, transition in self._held_wills)
         pending.events.append((self._clock(), self.config.monitor_id, "stopped", "graceful shutdown"))
-        self._flush(pending)
+        self._flush(pending, final=True)
 
-    def _flush(self, pending: WriteBatch) -> None:
+    def _agent_rows_due(self, agents: dict[str, AgentView], final: bool) -> dict[str, AgentView]:
+        """Split changed views into rows to write now and views to carry to a later flush.
+
+        A view whose state, session or identity changed is written at once; one that only heard another
+        heartbeat is refreshed at most every AGENT_ROW_REFRESH_S (the heartbeats table has every
+        heartbeat anyway), which keeps the agents upsert off the ingest path.
+        """
+        now = time.monotonic()
+        carried: dict[str, AgentView] = {}
+        for agent, view in list(agents.items()):
+            signature = (
+                view.state, view.reason, view.since, view.session, view.known_state, view.name, view.host,
+                view.pid, view.version, view.group, view.interval_s, view.paused, view.reported_status,
+                view.reported_reason, view.depends_on, view.labels,
+            )  # fmt: skip
+            written = self._agents_written.get(agent)
+            if final or written is None or written[0] != signature or now - written[1] >= AGENT_ROW_REFRESH_S:
+                self._agents_written[agent] = (signature, now)
+            else:
+                carried[agent] = agents.pop(agent)
+        return carried
+
+    def _flush(self, pending: WriteBatch, final: bool = False) -> dict[str, AgentView]:
+        """Commit what is due; return the agent views carried to a later flush."""
+        carried = self._agent_rows_due(pending.agents, final)
         if not len(pending):
-            return
+            return carried
         assert self._store is not None
         try:
             self._store.write(pending)
@@ -234,7 +270,7 @@ class Monitor:
             # this batch are lost; the agents table is rewritten with the next change of each agent.
             _log.exception("monitor: could not store a batch of %d rows", len(pending))
             self._stats["store_errors"] += 1
-            return
+            return carried
         self._stats["flushes"] += 1
         self._stats["rows_stored"] += len(pending.heartbeats)
         if pending.transitions:
@@ -244,6 +280,7 @@ class Monitor:
                     listener(pending.transitions)
                 except Exception:
                     _log.exception("monitor: transition listener failed")
+        return carried
 
     def _handle(self, event: Event, pending: WriteBatch) -> None:
         if isinstance(event, Received):
@@ -258,6 +295,7 @@ class Monitor:
                 self._reject(event, "unexpected topic", pending)
         elif isinstance(event, BrokerConnected):
             self._connected = True
+            self._broker_silent = False
             reason = "monitor reconnected to the broker" if self._ever_connected else "monitor started"
             self._ever_connected = True
             self._views = {agent: listening_resumed(view, event.at, reason) for agent, view in self._views.items()}
@@ -266,6 +304,8 @@ class Monitor:
             if self._shutting_down or not self._connected:
                 return
             self._connected = False
+            if self._broker_silent:
+                return  # already recorded when the probes stopped coming back
             # One monitor-level event: every agent becomes unknown, no per-agent outage (SPEC §3).
             self._discard_held_wills(pending)
             self._views = {agent: broker_lost(view, event.at) for agent, view in self._views.items()}
@@ -280,6 +320,29 @@ class Monitor:
         # i.e. shutting down. Treat it as losing the broker now, before the other wills land.
         if not event.retained and presence.get("state") == "offline" and presence.get("pid") == os.getpid():
             self._handle(BrokerLost(event.received_at, "the broker is shutting down (it published our will)"), pending)
+
+    def _broker_delivers(self, pending: WriteBatch) -> bool:
+        """Send the next probe; notice when probes stop coming back, and when they come back again."""
+        assert self._subscriber is not None
+        self._subscriber.send_probe()
+        silent_s = time.monotonic() - self._subscriber.probe_returned_at
+        now = self._clock()
+        if silent_s > self.config.probe_timeout_s:
+            if not self._broker_silent:
+                self._broker_silent = True
+                self._discard_held_wills(pending)
+                self._views = {agent: broker_lost(view, now) for agent, view in self._views.items()}
+                detail = f"the broker stopped delivering (our probe unanswered for {silent_s:.1f} s)"
+                pending.events.append((now, self.config.monitor_id, "broker_lost", detail))
+                _log.warning("monitor: %s; agents are unknown until it delivers again", detail)
+            return False
+        if self._broker_silent:
+            self._broker_silent = False
+            resumed = "the broker delivers again"
+            self._views = {agent: listening_resumed(view, now, resumed) for agent, view in self._views.items()}
+            pending.events.append((now, self.config.monitor_id, "broker_connected", resumed))
+            _log.info("monitor: %s", resumed)
+        return True
 
     def _release_wills(self, pending: WriteBatch) -> None:
         now = time.monotonic()

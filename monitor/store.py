@@ -193,11 +193,25 @@ class Store:
 
     def load_views(self) -> dict[str, AgentView]:
         """The agents as last stored, to resume from after a restart."""
-        columns = ", ".join(f'"{c}"' for c in AGENT_COLUMNS)
-        rows = self._connection.cursor().execute(f"SELECT {columns} FROM agents").fetchall()
+        columns = ", ".join(f'a."{c}"' for c in AGENT_COLUMNS if c != "last_seq")
+        # The agents row is refreshed every few seconds; the heartbeats table knows the last seq exactly
+        # (after a kill -9 too), and idempotent ingest needs it exact.
+        rows = (
+            self._connection.cursor()
+            .execute(
+                f"""SELECT {columns}, coalesce(h.max_seq, a.last_seq) AS last_seq
+                FROM agents a LEFT JOIN (
+                    SELECT agent, session, max(seq) AS max_seq FROM heartbeats
+                    WHERE seq IS NOT NULL AND (agent, session) IN (SELECT agent, session FROM agents)
+                    GROUP BY ALL
+                ) h ON h.agent = a.agent AND h.session = a.session"""
+            )
+            .fetchall()
+        )
+        names = [c for c in AGENT_COLUMNS if c != "last_seq"] + ["last_seq"]
         views: dict[str, AgentView] = {}
         for row in rows:
-            record = dict(zip(AGENT_COLUMNS, row, strict=True))
+            record = dict(zip(names, row, strict=True))
             views[record["agent"]] = AgentView(
                 agent=record["agent"],
                 state=State(record["state"]),

@@ -7,6 +7,7 @@ import logging
 import os
 import queue
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,6 +75,11 @@ class Subscriber:
             **(presence or {}),
         }
         self._stopping = False
+        self._probe_topic = f"fleetpulse/monitor/{monitor_id}/probe"
+        # time.monotonic() when our last probe came back through the broker: written by paho's thread
+        # on receipt (not when the core gets to it), so a backlog in the core never looks like silence.
+        self.probe_returned_at = time.monotonic()
+        self._probe_topic_bytes = self._probe_topic.encode()
         self._client = make_client(url, client_id=f"fleetpulse-monitor-{monitor_id}", clean_session=False)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
@@ -106,13 +112,19 @@ class Subscriber:
     def publish(self, topic: str, payload: bytes) -> None:
         self._client.publish(topic, payload, qos=1)
 
+    def send_probe(self) -> None:
+        """A message to ourselves through the broker: proof that it still delivers."""
+        if self._client.is_connected():
+            self._client.publish(self._probe_topic, b"", qos=0)
+
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             _log.error("broker %s refused the monitor: %s", self._url.display, reason_code)
             return
         # Subscribing again (even with the session present) makes the broker resend the retained
         # health messages: the snapshot that restores every agent's state (SPEC §2).
-        topics = [HEALTH_TOPIC_FILTER, *CONTROL_TOPIC_FILTERS, self._presence_topic]
+        topics = [HEALTH_TOPIC_FILTER, *CONTROL_TOPIC_FILTERS, self._presence_topic, self._probe_topic]
+        self.probe_returned_at = time.monotonic()
         client.subscribe([(topic, 1) for topic in topics])
         client.publish(self._presence_topic, self._presence_payload("online", "running"), qos=1, retain=True)
         self._events.put(BrokerConnected(self._clock(), bool(flags.session_present)))
@@ -125,6 +137,9 @@ class Subscriber:
         _log.warning("monitor lost the broker %s (%s); reconnecting", self._url.display, reason_code)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if message._topic == self._probe_topic_bytes:
+            self.probe_returned_at = time.monotonic()
+            return
         # Raw topic bytes: paho's `.topic` raises on invalid UTF-8, which would kill this thread.
         topic = message._topic.decode("utf-8", errors="replace")
         self._events.put(Received(topic, bytes(message.payload), bool(message.retain), self._clock()))

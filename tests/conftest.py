@@ -44,6 +44,7 @@ class BrokerProcess:
     port: int
     stop: Callable[[], None]
     start: Callable[[], None]
+    pid: Callable[[], int] | None = None  # the broker's process, where it has its own
 
     def restart(self) -> None:
         self.stop()
@@ -70,7 +71,7 @@ def amqtt_broker() -> Iterator[BrokerProcess]:
 def mosquitto_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     require_tool("mosquitto")
     mosquitto = MosquittoProcess(tmp_path).start()
-    yield BrokerProcess("mosquitto", mosquitto.port, mosquitto.stop, mosquitto.start)
+    yield BrokerProcess("mosquitto", mosquitto.port, mosquitto.stop, mosquitto.start, lambda: mosquitto.pid)
     mosquitto.stop()
 
 

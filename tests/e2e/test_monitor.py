@@ -206,7 +206,8 @@ def test_losing_the_broker_makes_agents_unknown_not_outages(
     any_broker: BrokerProcess, monitor_factory: MonitorFactory
 ) -> None:
     monitor = monitor_factory(any_broker)
-    agents = [Agent(f"fleet-{n}", broker=any_broker.url, interval_s=0.5, keepalive_s=2) for n in range(3)]
+    # 2 s heartbeats: degraded after 6 s, well beyond the monitor's 3 s probe timeout.
+    agents = [Agent(f"fleet-{n}", broker=any_broker.url, interval_s=2, keepalive_s=2) for n in range(3)]
     for agent in agents:
         assert agent.start()
     eventually(lambda: [state_of(monitor, a.agent_id) for a in agents] == ["healthy"] * 3)
@@ -438,3 +439,79 @@ def test_cli_says_which_monitor_holds_the_file(amqtt_broker: BrokerProcess, tmp_
     finally:
         holder.send_signal(signal.SIGTERM)
         assert holder.wait(timeout=20) == 0
+
+
+def test_a_restart_resumes_an_open_outage_instead_of_opening_a_new_one(
+    any_broker: BrokerProcess, tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    db = tmp_path / "resume.duckdb"
+    monitor = Monitor(MonitorConfig(broker=any_broker.url, db_path=db, tick_interval_s=0.1)).start()
+    eventually(lambda: monitor.connected)
+    agent = spawn(AGENT_SCRIPT, any_broker.url, "gone", "0.5", "5")
+    eventually(lambda: state_of(monitor, "gone") == "healthy")
+    agent.kill()
+    eventually(lambda: rows(monitor, "SELECT count(*) FROM outages WHERE ended_at IS NULL") == [(1,)])
+    (started_at,) = rows(monitor, "SELECT started_at FROM outages")[0]
+    monitor.stop()
+
+    again = Monitor(MonitorConfig(broker=any_broker.url, db_path=db, tick_interval_s=0.1)).start()
+    try:
+        eventually(lambda: state_of(again, "gone") == "unreachable")  # the retained will restores it
+        time.sleep(2)  # > degraded_after (1.5 s): the clock had its chance to invent something
+        assert rows(again, "SELECT started_at, ended_at FROM outages") == [(started_at, None)]
+        assert rows(again, "SELECT count(*) FROM transitions") == [(1,)]
+    finally:
+        again.stop()
+
+
+def test_a_graceful_stop_leaves_the_presence_offline(amqtt_broker: BrokerProcess, tmp_path: Path) -> None:
+    monitor = Monitor(MonitorConfig(broker=amqtt_broker.url, db_path=tmp_path / "p.duckdb")).start()
+    eventually(lambda: monitor.connected)
+    seen: list[dict[str, Any]] = []
+
+    def watch() -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"presence-{len(seen)}-{time.monotonic_ns()}")
+        client.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
+        client.connect("127.0.0.1", amqtt_broker.port)
+        client.subscribe("fleetpulse/monitor/+/status", qos=1)
+        client.loop_start()
+        return client
+
+    watcher = watch()
+    eventually(lambda: any(p["state"] == "online" for p in seen))
+    monitor.stop()
+    eventually(lambda: any(p["state"] == "offline" and p["reason"] == "stopped" for p in seen))
+    watcher.disconnect()
+    watcher.loop_stop()
+    seen.clear()
+    late = watch()  # a newcomer learns from the retained message that the monitor is gone
+    eventually(lambda: seen and seen[-1]["state"] == "offline")
+    late.disconnect()
+    late.loop_stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_frozen_broker_makes_agents_unknown_then_known_again_without_outages(
+    mosquitto_broker: BrokerProcess, monitor_factory: MonitorFactory
+) -> None:
+    # The nastiest broker failure: the process hangs (SIGSTOP), every TCP connection stays open, nothing
+    # is delivered. paho would notice after 1.5 x keep-alive; the monitor's probe notices in 3 s.
+    assert mosquitto_broker.pid is not None
+    monitor = monitor_factory(mosquitto_broker)
+    agents = [Agent(f"calm-{n}", broker=mosquitto_broker.url, interval_s=2, keepalive_s=30) for n in range(2)]
+    for agent in agents:
+        assert agent.start()
+    eventually(lambda: [state_of(monitor, a.agent_id) for a in agents] == ["healthy"] * 2)
+    os.kill(mosquitto_broker.pid(), signal.SIGSTOP)
+    try:
+        eventually(lambda: [state_of(monitor, a.agent_id) for a in agents] == ["unknown"] * 2, timeout_s=6)
+        time.sleep(4)  # past degraded_after (6 s) since the last heartbeats: still unknown, not degraded
+        assert [state_of(monitor, a.agent_id) for a in agents] == ["unknown"] * 2
+    finally:
+        os.kill(mosquitto_broker.pid(), signal.SIGCONT)
+    eventually(lambda: [state_of(monitor, a.agent_id) for a in agents] == ["healthy"] * 2, timeout_s=15)
+    for agent in agents:
+        agent.stop()
+    assert rows(monitor, "SELECT * FROM outages") == []
+    events = [r[0] for r in rows(monitor, 'SELECT event FROM monitor_events ORDER BY "at"')]
+    assert events.count("broker_lost") == 1
