@@ -153,6 +153,8 @@ class Monitor:
         if self._core is None or self._stopping.is_set():
             return
         self._shutting_down = True
+        # Disconnect first, so everything received is in the queue; the core then stores all of it.
+        # What the broker sends after the DISCONNECT it keeps for this persistent session.
         if self._subscriber is not None:
             self._subscriber.stop()
         self._stopping.set()
@@ -318,7 +320,9 @@ class Monitor:
             return
         # Our own will, delivered to us while we are connected: the broker is dropping every client,
         # i.e. shutting down. Treat it as losing the broker now, before the other wills land.
-        if not event.retained and presence.get("state") == "offline" and presence.get("pid") == os.getpid():
+        assert self._subscriber is not None
+        own_will = presence.get("instance") == self._subscriber.instance and presence.get("state") == "offline"
+        if own_will and presence.get("reason") == "will: connection lost":
             self._handle(BrokerLost(event.received_at, "the broker is shutting down (it published our will)"), pending)
 
     def _broker_delivers(self, pending: WriteBatch) -> bool:
@@ -380,7 +384,10 @@ class Monitor:
             return
         self._views[message.agent] = view
         pending.agents[message.agent] = view
-        pending.add_message(message, event.received_at, event.retained)
+        if not (event.retained and transition is None and message.kind is not Kind.HEARTBEAT):
+            # (A retained will or stop that only restores what was known is no new message: its row
+            # was stored when it first arrived. Heartbeats are deduplicated by seq instead.)
+            pending.add_message(message, event.received_at, event.retained)
         if transition is None:
             return
         if message.kind is Kind.WILL and not event.retained:

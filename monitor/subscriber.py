@@ -8,6 +8,7 @@ import os
 import queue
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,8 +68,11 @@ class Subscriber:
         self._events = events
         self._clock = clock
         self._presence_topic = monitor_status_topic(monitor_id)
+        # Tells this run's own will apart from a queued or retained presence of an earlier run.
+        self.instance = uuid.uuid4().hex
         self._presence = {
             "monitor": monitor_id,
+            "instance": self.instance,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started_at": format_timestamp(clock()),
