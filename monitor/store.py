@@ -102,12 +102,22 @@ class WriteBatch:
                 metrics.cost_usd if metrics else None,
                 metrics.tokens_in if metrics else None,
                 metrics.tokens_out if metrics else None,
-                json.dumps({m: u.model_dump() for m, u in metrics.by_model.items()}) if metrics else None,
+                _by_model_json(metrics) if metrics else None,
                 metrics.last_progress_at if metrics else None,
                 message.paused,
                 snapshot,
             )
         )
+
+
+def _by_model_json(metrics: Any) -> str:
+    # Attribute access, not model_dump(): this runs once per stored heartbeat.
+    return json.dumps(
+        {
+            m: {"cost_usd": u.cost_usd, "tokens_in": u.tokens_in, "tokens_out": u.tokens_out}
+            for m, u in metrics.by_model.items()
+        }
+    )
 
 
 def _agent_row(view: AgentView) -> tuple[Any, ...]:

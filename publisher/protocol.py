@@ -6,10 +6,9 @@ re-exported here, so the monitor imports everything protocol from this one modul
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from publisher.wire import (
     HEALTH_TOPIC_FILTER,
@@ -59,13 +58,6 @@ __all__ = [
 AgentId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
-def _aware(value: datetime, name: str) -> datetime:
-    """RFC 3339 requires an offset; a naive time would break every comparison with the monitor's clock."""
-    if value.tzinfo is None:
-        raise ValueError(f"{name} must carry a UTC offset (RFC 3339)")
-    return value.astimezone(UTC)
-
-
 _FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 _Count = Annotated[int, Field(ge=0, le=2**63 - 1)]  # fits a DuckDB BIGINT
 
@@ -93,12 +85,7 @@ class Metrics(_Strict):
     tokens_in: _Count = 0
     tokens_out: _Count = 0
     by_model: dict[Annotated[str, Field(max_length=128)], ModelUsage] = Field(default_factory=dict, max_length=64)
-    last_progress_at: datetime | None = None
-
-    @field_validator("last_progress_at")
-    @classmethod
-    def _require_timezone(cls, value: datetime | None) -> datetime | None:
-        return _aware(value, "last_progress_at") if value is not None else None
+    last_progress_at: AwareDatetime | None = None  # an offset is required (checked in pydantic's core)
 
 
 class HealthMessage(_Strict):
@@ -112,7 +99,7 @@ class HealthMessage(_Strict):
     reason: Annotated[str, Field(max_length=1024)] | None = None
     session: Annotated[str, Field(min_length=1, max_length=64)]
     seq: _Count | None = None
-    sent_at: datetime
+    sent_at: AwareDatetime  # RFC 3339 with an offset: a naive time could not be compared with the monitor's
     interval_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
     host: Annotated[str, Field(max_length=256)] = ""
     pid: _Count | None = None
@@ -124,11 +111,6 @@ class HealthMessage(_Strict):
     )
     paused: bool = False
     metrics: Metrics | None = None
-
-    @field_validator("sent_at")
-    @classmethod
-    def _require_timezone(cls, value: datetime) -> datetime:
-        return _aware(value, "sent_at")
 
     @model_validator(mode="after")
     def _kind_rules(self) -> HealthMessage:
