@@ -77,7 +77,7 @@ class DemoAgent:
 
     def stop(self) -> None:
         self._done.set()
-        self.agent.stop()
+        self.agent.stop("demo shut down")
 
 
 def run_demo(agents: list[DemoAgent], stop: threading.Event) -> None:

@@ -178,7 +178,7 @@ class Agent:
         _log.warning("agent %s: no connection to %s yet; retrying in the background", self.agent_id, self._url.display)
         return False
 
-    def stop(self, reason: str = "stopped") -> None:
+    def stop(self, reason: str = "graceful shutdown") -> None:
         """Publish `kind: "stop"` and disconnect cleanly, so the broker does not fire the will."""
         if not isinstance(reason, str):
             raise ValueError(f"stop reason must be a string, got {reason!r}")
@@ -240,7 +240,7 @@ class Agent:
         if isinstance(exc, Exception):
             self._crash(f"crashed: {type(exc).__name__}: {exc}")
         else:  # normal exit, Ctrl-C or sys.exit(): an intentional stop
-            self.stop("stopped" if exc is None else f"stopped: {type(exc).__name__}")
+            self.stop("graceful shutdown" if exc is None else f"interrupted: {type(exc).__name__}")
 
     # -- what the agent reports --------------------------------------------------------------------
 
