@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
+import hmac
+import ipaddress
 import json
 import logging
 import re
 import threading
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,13 +21,15 @@ import duckdb
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from monitor.fleet import sort_for_people, summary
+from monitor.metrics import render_metrics
 from monitor.service import Monitor
 from monitor.store import ReadOnlyViolation
-from publisher.protocol import format_timestamp
+from publisher.protocol import Command, ControlCommand, format_timestamp
 
-__all__ = ["ApiServer", "parse_since", "to_json"]
+__all__ = ["ApiAuth", "ApiServer", "parse_since", "to_json"]
 
 _log = logging.getLogger("fleetpulse.api")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -59,11 +66,69 @@ def to_json(document: Any) -> str:
     return json.dumps(document, default=_plain)
 
 
+@dataclass(frozen=True)
+class ApiAuth:
+    """`--auth token:SECRET` (Authorization: Bearer SECRET) or `--auth basic:USER:PASSWORD`."""
+
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ApiAuth:
+        kind, _, rest = text.partition(":")
+        if kind == "token" and len(rest) >= 16:
+            return cls(token=rest)
+        user, _, password = rest.partition(":")
+        if kind == "basic" and user and len(password) >= 8:
+            return cls(user=user, password=password)
+        raise ValueError("--auth takes token:SECRET (16+ characters) or basic:USER:PASSWORD (8+ characters)")
+
+    def who(self, authorization: str | None) -> str | None:
+        """The caller's name if `authorization` (the HTTP header) is right, else None."""
+        if not authorization:
+            return None
+        scheme, _, credentials = authorization.partition(" ")
+        if self.token is not None and scheme.lower() == "bearer":
+            return "api-token" if hmac.compare_digest(credentials.strip(), self.token) else None
+        if self.user is not None and scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(credentials.strip()).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return None
+            matches = hmac.compare_digest(user, self.user) & hmac.compare_digest(password, self.password or "")
+            return user if matches else None
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class _Handler(tornado.web.RequestHandler):
     monitor: Monitor
+    auth: ApiAuth | None
+    loopback: bool
+    caller: str
 
-    def initialize(self, monitor: Monitor) -> None:
+    def initialize(self, monitor: Monitor, auth: ApiAuth | None, loopback: bool) -> None:
         self.monitor = monitor
+        self.auth = auth
+        self.loopback = loopback
+
+    def prepare(self) -> None:
+        self.caller = f"api@{self.request.remote_ip}"
+        if self.auth is None or self.request.path == "/healthz":  # liveness checks need no secret
+            return
+        who = self.auth.who(self.request.headers.get("Authorization"))
+        if who is None:
+            self.set_header("WWW-Authenticate", 'Basic realm="fleetpulse"' if self.auth.user else "Bearer")
+            self.send({"error": "authentication required"}, 401)
+            return
+        self.caller = f"{who}@{self.request.remote_ip}"
 
     def send(self, document: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -132,6 +197,28 @@ class _Sql(_Handler):
         self.send({"columns": columns, "rows": [list(row) for row in rows], "truncated": truncated})
 
 
+class _Command(_Handler):
+    def post(self, agent: str, verb: str) -> None:
+        if self.auth is None and not self.loopback:
+            self.send({"error": "commands over the network need --auth; this server listens beyond loopback"}, 403)
+            return
+        try:
+            body = json.loads(self.request.body or b"{}")
+            reason = body.get("reason", "") if isinstance(body, dict) else ""
+            command = ControlCommand(command=Command(verb), id=uuid.uuid4().hex, issued_by=self.caller, reason=reason)
+        except ValueError as error:
+            self.send({"error": str(error)}, 400)
+            return
+        topic = self.monitor.send_command(command, agent=agent)
+        self.send({"id": command.id, "topic": topic, "command": verb, "issued_by": self.caller}, 202)
+
+
+class _Metrics(_Handler):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(render_metrics(self.monitor))
+
+
 class _Stats(_Handler):
     def get(self) -> None:
         self.send(self.monitor.stats())
@@ -140,8 +227,11 @@ class _Stats(_Handler):
 class ApiServer:
     """Serves the API on its own thread and event loop; `url` says where."""
 
-    def __init__(self, monitor: Monitor, host: str = "127.0.0.1", port: int = 8080) -> None:
+    def __init__(
+        self, monitor: Monitor, host: str = "127.0.0.1", port: int = 8080, auth: ApiAuth | None = None
+    ) -> None:
         self._monitor = monitor
+        self._auth = auth
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -173,10 +263,11 @@ class ApiServer:
             (r"/api/outages", _Outages),
             (r"/api/sql", _Sql),
             (r"/api/stats", _Stats),
+            (r"/api/agents/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(kill|pause|resume|rebirth)", _Command),
+            (r"/metrics", _Metrics),
         ]
-        application = tornado.web.Application(
-            [(pattern, handler, {"monitor": self._monitor}) for pattern, handler in routes]
-        )
+        settings = {"monitor": self._monitor, "auth": self._auth, "loopback": _is_loopback(self.host)}
+        application = tornado.web.Application([(pattern, handler, settings) for pattern, handler in routes])
         started = threading.Event()
 
         def serve() -> None:

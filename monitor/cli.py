@@ -133,7 +133,7 @@ def _thresholds(args: argparse.Namespace) -> Any:
 
 def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]:
     """Monitor plus its HTTP API; CliError (one line) for a held database or a taken port."""
-    from monitor.api import ApiServer
+    from monitor.api import ApiAuth, ApiServer
     from monitor.service import Monitor, MonitorConfig
     from monitor.store import StoreLocked
 
@@ -144,7 +144,8 @@ def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]
     api = None
     if args.dashboard_port:
         try:
-            api = ApiServer(monitor, args.http_host, args.dashboard_port).start()
+            auth = ApiAuth.parse(args.auth) if args.auth else None
+            api = ApiServer(monitor, args.http_host, args.dashboard_port, auth=auth).start()
         except OSError as error:
             raise CliError(error.strerror or str(error)) from None
     try:
@@ -278,7 +279,8 @@ def _running_monitor(db: Path) -> Any:
         return None
     if not sidecar.get("api"):
         return None
-    client = MonitorClient(sidecar["api"], timeout_s=5)
+    auth = os.environ.get("FLEETPULSE_AUTH", "")
+    client = MonitorClient(sidecar["api"], timeout_s=5, token=auth[6:] if auth.startswith("token:") else None)
     try:
         client.healthz()
     except MonitorUnavailable:
@@ -445,6 +447,12 @@ def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
         help=f"HTTP API port (default {DEFAULT_HTTP_PORT}; 0 turns it off)",
     )
     parser.add_argument(
+        "--auth",
+        default=os.environ.get("FLEETPULSE_AUTH"),
+        help="protect the HTTP API: token:SECRET or basic:USER:PASSWORD (or env FLEETPULSE_AUTH); without it, "
+        "commands are refused when --http-host is not loopback",
+    )
+    parser.add_argument(
         "--degraded-after", type=float, help="seconds without a heartbeat before degraded (3 x interval)"
     )
     parser.add_argument("--unreachable-after", type=float, help="seconds without a heartbeat before unreachable (10 x)")
@@ -534,8 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.handler(args)
         return result
-    except (CliError, ValueError) as error:
+    except (CliError, ValueError, ConnectionError) as error:
         print(f"fleetpulse {args.command}: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # MonitorError: the monitor refused (e.g. 401 without FLEETPULSE_AUTH)
+        print(f"fleetpulse {args.command}: the monitor said: {error}", file=sys.stderr)
         return 2
 
 

@@ -26,18 +26,18 @@ class MonitorUnavailable(ConnectionError):
 class MonitorClient:
     """`MonitorClient("http://127.0.0.1:8080").list_agents()`."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0, token: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"monitor URL must look like http://127.0.0.1:8080, got {url!r}")
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.url + path, data=data, headers={"Content-Type": "application/json"} if data else {}
-        )
+        headers = {**self._headers, **({"Content-Type": "application/json"} if data is not None else {})}
+        request = urllib.request.Request(self.url + path, data=data, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
@@ -73,6 +73,21 @@ class MonitorClient:
         query = urllib.parse.urlencode({k: v for k, v in (("agent", agent), ("since", since)) if v is not None})
         result: list[dict[str, Any]] = self._call("/api/outages" + (f"?{query}" if query else ""))
         return result
+
+    def command(self, agent_id: str, command: str, reason: str = "") -> dict[str, Any]:
+        """`kill`, `pause`, `resume` or `rebirth` one agent; answers the command id (202)."""
+        path = f"/api/agents/{urllib.parse.quote(agent_id, safe='')}/{urllib.parse.quote(command, safe='')}"
+        result: dict[str, Any] = self._call(path, {"reason": reason})
+        return result
+
+    def metrics(self) -> str:
+        """The Prometheus text of `GET /metrics`."""
+        request = urllib.request.Request(self.url + "/metrics", headers=self._headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return str(response.read().decode())
+        except (urllib.error.URLError, OSError) as error:
+            raise MonitorUnavailable(f"no fleetpulse monitor answers at {self.url}: {error}") from None
 
     def sql(self, statement: str) -> dict[str, Any]:
         """`{"columns": [...], "rows": [[...]], "truncated": bool}`; MonitorError(403) for anything but SELECT."""

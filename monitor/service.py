@@ -32,9 +32,12 @@ from monitor.store import Store, WriteBatch
 from monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Subscriber
 from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
 from publisher.protocol import (
+    ControlCommand,
     Kind,
     ProtocolError,
+    control_topic,
     format_timestamp,
+    group_control_topic,
     is_valid_id,
     monitor_status_topic,
     parse_control,
@@ -203,6 +206,15 @@ class Monitor:
 
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
+
+    def send_command(self, command: ControlCommand, agent: str | None = None, group: str | None = None) -> str:
+        """Publish an operator command (QoS 1); the audit row is written when it comes back on the wire."""
+        if (agent is None) == (group is None):
+            raise ValueError("name exactly one of agent or group")
+        topic = control_topic(agent) if agent is not None else group_control_topic(group or "")
+        assert self._subscriber is not None, "monitor not started"
+        self._subscriber.publish(topic, command.to_payload())
+        return topic
 
     # -- the core thread ---------------------------------------------------------------------------
 

@@ -1,0 +1,118 @@
+"""The HTTP API's operator side: commands, Prometheus metrics, authentication."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from monitor.api import ApiAuth, ApiServer
+from monitor.client import MonitorClient, MonitorError
+from monitor.service import Monitor, MonitorConfig
+from publisher import Agent, ControlCommand
+from tests.conftest import BrokerProcess
+from tests.e2e.test_monitor import eventually, rows, state_of
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture
+def serving(
+    amqtt_broker: BrokerProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Monitor, str]]:
+    host, auth = getattr(request, "param", ("127.0.0.1", None))
+    monitor = Monitor(MonitorConfig(broker=amqtt_broker.url, db_path=tmp_path / "api.duckdb", tick_interval_s=0.1))
+    api = ApiServer(monitor, host, 0, auth=auth).start()
+    monitor.start(api_url=api.url)
+    eventually(lambda: monitor.connected)
+    yield monitor, f"http://127.0.0.1:{api.port}"
+    monitor.stop()
+    api.stop()
+
+
+def test_kill_and_pause_through_the_api_reach_the_agent_and_the_audit_log(
+    amqtt_broker: BrokerProcess, serving: tuple[Monitor, str]
+) -> None:
+    monitor, url = serving
+    client = MonitorClient(url)
+    killed = threading.Event()
+
+    def on_kill(command: ControlCommand) -> None:
+        killed.set()
+
+    with Agent("api-target", broker=amqtt_broker.url, interval_s=30, on_kill=on_kill) as agent:
+        eventually(lambda: state_of(monitor, "api-target") == "healthy")
+        answer = client.command("api-target", "pause", reason="cost check")
+        assert answer["topic"] == "agents/api-target/control" and answer["issued_by"].startswith("api@")
+        eventually(lambda: agent.paused)
+        client.command("api-target", "kill", reason="runaway")
+        assert killed.wait(10)
+        eventually(lambda: state_of(monitor, "api-target") == "killed")
+    audit = eventually(lambda: rows(monitor, 'SELECT command, reason FROM commands ORDER BY "at"'))
+    eventually(lambda: len(rows(monitor, "SELECT * FROM commands")) == 2)
+    audit = rows(monitor, 'SELECT command, reason FROM commands ORDER BY "at"')
+    assert audit == [("pause", "cost check"), ("kill", "runaway")]
+    with pytest.raises(MonitorError) as unknown:
+        client.command("api-target", "explode")
+    assert unknown.value.status == 404
+
+
+def test_metrics_in_prometheus_text(amqtt_broker: BrokerProcess, serving: tuple[Monitor, str]) -> None:
+    monitor, url = serving
+    with Agent("scraped", broker=amqtt_broker.url, interval_s=30, group="web"):
+        eventually(lambda: state_of(monitor, "scraped") == "healthy")
+        text = MonitorClient(url).metrics()
+    assert 'fleetpulse_agents{state="healthy"} 1.0' in text
+    assert 'fleetpulse_agent_up{agent="scraped",group="web"} 1.0' in text
+    assert "fleetpulse_broker_connected 1.0" in text
+    assert "fleetpulse_received_total" in text and "fleetpulse_rejected_total 0.0" in text
+
+
+@pytest.mark.parametrize("serving", [("127.0.0.1", ApiAuth(token=TOKEN))], indirect=True)
+def test_a_token_protects_everything_but_healthz(serving: tuple[Monitor, str]) -> None:
+    _, url = serving
+    assert MonitorClient(url).healthz()["ok"] is True
+    for call in (lambda c: c.list_agents(), lambda c: c.sql("SELECT 1"), lambda c: c.command("x", "kill")):
+        with pytest.raises(MonitorError) as refused:
+            call(MonitorClient(url))
+        assert refused.value.status == 401
+        with pytest.raises(MonitorError) as wrong:
+            call(MonitorClient(url, token="not-the-token-at-all"))
+        assert wrong.value.status == 401
+    assert MonitorClient(url, token=TOKEN).list_agents() == []
+
+
+@pytest.mark.parametrize("serving", [("0.0.0.0", None)], indirect=True)
+def test_commands_over_the_network_need_auth(serving: tuple[Monitor, str]) -> None:
+    _, url = serving
+    client = MonitorClient(url)
+    assert client.list_agents() == []  # reads stay open
+    with pytest.raises(MonitorError) as refused:
+        client.command("someone", "kill")
+    assert refused.value.status == 403 and "--auth" in str(refused.value)
+
+
+def test_auth_settings_are_checked() -> None:
+    assert ApiAuth.parse("token:" + TOKEN).token == TOKEN
+    assert ApiAuth.parse("basic:ops:longenough").user == "ops"
+    for bad in ("token:short", "basic:ops:short", "bearer:whatever-long-enough", "basic::nouser123"):
+        with pytest.raises(ValueError):
+            ApiAuth.parse(bad)
+
+
+def test_basic_auth_checks_user_and_password() -> None:
+    import base64
+
+    auth = ApiAuth.parse("basic:ops:correct-horse")
+
+    def header(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    assert auth.who(header("ops", "correct-horse")) == "ops"
+    assert auth.who(header("ops", "wrong-horse!")) is None
+    assert auth.who(header("root", "correct-horse")) is None
+    assert auth.who("Basic !!!not-base64") is None
+    assert auth.who(None) is None
+    assert auth.who("Bearer correct-horse") is None
