@@ -10,6 +10,7 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 import threading
 import uuid
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ from decimal import Decimal
 from typing import Any
 
 import duckdb
-import tornado.httpserver
-import tornado.netutil
 import tornado.web
+from panel.io.server import get_server
 from prometheus_client import CONTENT_TYPE_LATEST
+from tornado.ioloop import IOLoop
 
+from monitor.dashboard import fleet_view
 from monitor.fleet import sort_for_people, summary
 from monitor.metrics import render_metrics
 from monitor.service import Monitor
@@ -224,6 +226,32 @@ class _Stats(_Handler):
         self.send(self.monitor.stats())
 
 
+def _no_dashboard() -> Any:
+    import panel as pn
+
+    return pn.pane.Markdown("The dashboard is off while `--auth` protects this server; use the API.")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise OSError(
+                    error.errno,
+                    f"HTTP port {port} on {host} is already in use: choose another with --dashboard-port N",
+                ) from None
+            raise
+
+
 class ApiServer:
     """Serves the API on its own thread and event loop; `url` says where."""
 
@@ -236,7 +264,7 @@ class ApiServer:
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: tornado.httpserver.HTTPServer | None = None
+        self._server: Any = None  # bokeh's Server, as Panel builds it
 
     @property
     def url(self) -> str:
@@ -244,17 +272,9 @@ class ApiServer:
         return f"http://{host}:{self.port}"
 
     def start(self) -> ApiServer:
-        """Bind now (OSError with a one-line message if the port is taken), then serve in the background."""
-        try:
-            sockets = tornado.netutil.bind_sockets(self.port, address=self.host)
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise OSError(
-                    error.errno,
-                    f"HTTP port {self.port} on {self.host} is already in use: choose another with --dashboard-port N",
-                ) from None
-            raise
-        self.port = sockets[0].getsockname()[1]
+        """Check the port now (OSError with a one-line message if taken), then serve in the background."""
+        self.port = self.port or _free_port(self.host)
+        _check_port_free(self.host, self.port)
         routes: list[Any] = [
             (r"/healthz", _Health),
             (r"/api/agents", _Agents),
@@ -267,23 +287,49 @@ class ApiServer:
             (r"/metrics", _Metrics),
         ]
         settings = {"monitor": self._monitor, "auth": self._auth, "loopback": _is_loopback(self.host)}
-        application = tornado.web.Application([(pattern, handler, settings) for pattern, handler in routes])
+        patterns = [(pattern, handler, settings) for pattern, handler in routes]
+        # The dashboard and the API share Panel's (tornado) server. With --auth set, the page is not
+        # served until it honours the same credentials (the API alone is protected for now).
+        monitor = self._monitor
+
+        def fleet_page() -> Any:  # a plain function: Panel renders a functools.partial as its repr
+            return fleet_view(monitor)
+
+        pages: dict[str, Any] = {} if self._auth is not None else {"/": fleet_page}
+        origins = [f"{host}:{self.port}" for host in {self.host, "127.0.0.1", "localhost"}]
         started = threading.Event()
+        failure: list[BaseException] = []
 
         def serve() -> None:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
-            self._server = tornado.httpserver.HTTPServer(application)
-            self._server.add_sockets(sockets)
+            try:
+                self._server = get_server(
+                    pages or {"/": _no_dashboard},
+                    port=self.port,
+                    address=self.host,
+                    websocket_origin=origins,
+                    loop=IOLoop.current(),
+                    start=False,
+                    show=False,
+                    extra_patterns=patterns,
+                )
+                self._server.start()
+            except BaseException as error:
+                failure.append(error)
+                started.set()
+                return
             started.set()
             loop.run_forever()
             loop.close()
 
-        self._thread = threading.Thread(target=serve, name="fleetpulse-api", daemon=True)
+        self._thread = threading.Thread(target=serve, name="fleetpulse-http", daemon=True)
         self._thread.start()
         started.wait()
-        _log.info("HTTP API listening on %s", self.url)
+        if failure:
+            raise failure[0]
+        _log.info("dashboard and HTTP API listening on %s", self.url)
         return self
 
     def stop(self) -> None:
