@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import socket
-import threading
 from types import TracebackType
 from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.session import OUTGOING
 
-__all__ = ["EmbeddedBroker", "PortInUseError", "start_embedded_broker"]
+from broker.netutil import LoopThread, PortInUseError, ensure_port_free, free_port
+
+__all__ = ["EmbeddedBroker", "PortInUseError", "start_embedded_broker"]  # PortInUseError: from broker.netutil
 
 _log = logging.getLogger("fleetpulse.broker")
 
 # MQTT 3.1.1 §3.1.2.10: the server disconnects a client that sends nothing for 1.5 x its keep-alive.
 KEEPALIVE_GRACE_FACTOR = 1.5
-
-
-class PortInUseError(OSError):
-    """The broker's port is taken; the message names the port and the fix."""
 
 
 class _KeepAliveBroker(Broker):
@@ -120,29 +115,9 @@ def port_in_use_message(host: str, port: int) -> str:
     )
 
 
-def _check_port_free(host: str, port: int) -> None:
-    # amqtt wraps bind errors in a generic BrokerError after logging a traceback; probe first so the
-    # operator gets one clear line instead.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise PortInUseError(errno.EADDRINUSE, port_in_use_message(host, port)) from None
-            raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 async def start_embedded_broker(host: str = "127.0.0.1", port: int = 1883) -> Broker:
     """Start the broker on the running event loop; `await broker.shutdown()` stops it."""
-    _check_port_free(host, port)
+    ensure_port_free(host, port, port_in_use_message(host, port))
     broker = _KeepAliveBroker(_config(host, port))
     await broker.start()
     return broker
@@ -163,10 +138,9 @@ class EmbeddedBroker:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
         self.host = host
-        self.port = _free_port(host) if port == 0 else port
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.port = free_port(host) if port == 0 else port
+        self._loop_thread = LoopThread(f"fleetpulse-broker-{self.port}")
         self._broker: Broker | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -174,48 +148,25 @@ class EmbeddedBroker:
         return f"mqtt://{host}:{self.port}"
 
     def start(self) -> EmbeddedBroker:
-        _check_port_free(self.host, self.port)
-        started = threading.Event()
-        failure: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                self._broker = loop.run_until_complete(start_embedded_broker(self.host, self.port))
-            except BaseException as error:
-                failure.append(error)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"fleetpulse-broker-{self.port}", daemon=True)
-        self._thread.start()
-        started.wait()
-        if failure:
-            raise failure[0]
+        self._broker = self._loop_thread.start(
+            lambda loop: loop.run_until_complete(start_embedded_broker(self.host, self.port))
+        )
         _log.info("embedded broker listening on %s", self.url)
         return self
 
     def stop(self) -> None:
-        loop, broker = self._loop, self._broker
-        if loop is None or broker is None or self._thread is None:
+        broker = self._broker
+        if broker is None:
             return
-        future = asyncio.run_coroutine_threadsafe(broker.shutdown(), loop)
         try:
-            future.result(timeout=10)
+            self._loop_thread.run(broker.shutdown(), timeout_s=10)
         except Exception:
             _log.debug("embedded broker shutdown raised", exc_info=True)
         # amqtt closes its listeners last in shutdown(); if anything before that failed, the port
         # would stay bound until garbage collection. Close them for sure, so a restart can bind again.
-        closing = asyncio.run_coroutine_threadsafe(_close_listeners(broker), loop)
         with contextlib.suppress(Exception):
-            closing.result(timeout=5)
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(timeout=10)
+            self._loop_thread.run(_close_listeners(broker), timeout_s=5)
+        self._loop_thread.stop()
         self._broker = None
 
     def __enter__(self) -> EmbeddedBroker:

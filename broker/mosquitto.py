@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["MosquittoProcess", "free_port", "mosquitto_binary", "mosquitto_version", "wait_for_port"]
+from broker.netutil import free_port, wait_for_port
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+__all__ = ["MosquittoProcess", "mosquitto_binary", "mosquitto_version"]
 
 
 def mosquitto_binary() -> str:

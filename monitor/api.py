@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import errno
 import hmac
 import ipaddress
 import json
 import logging
 import re
-import socket
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -24,6 +21,7 @@ from panel.io.server import get_server
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.ioloop import IOLoop
 
+from broker.netutil import LoopThread, ensure_port_free, free_port
 from monitor.dashboard import fleet_view
 from monitor.fleet import sort_for_people, summary
 from monitor.metrics import render_metrics
@@ -232,26 +230,6 @@ def _no_dashboard() -> Any:
     return pn.pane.Markdown("The dashboard is off while `--auth` protects this server; use the API.")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def _check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise OSError(
-                    error.errno,
-                    f"HTTP port {port} on {host} is already in use: choose another with --dashboard-port N",
-                ) from None
-            raise
-
-
 class ApiServer:
     """Serves the API on its own thread and event loop; `url` says where."""
 
@@ -262,8 +240,7 @@ class ApiServer:
         self._auth = auth
         self.host = host
         self.port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread = LoopThread("fleetpulse-http")
         self._server: Any = None  # bokeh's Server, as Panel builds it
 
     @property
@@ -273,8 +250,12 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         """Check the port now (OSError with a one-line message if taken), then serve in the background."""
-        self.port = self.port or _free_port(self.host)
-        _check_port_free(self.host, self.port)
+        self.port = self.port or free_port(self.host)
+        ensure_port_free(
+            self.host,
+            self.port,
+            f"HTTP port {self.port} on {self.host} is already in use: choose another with --dashboard-port N",
+        )
         routes: list[Any] = [
             (r"/healthz", _Health),
             (r"/api/agents", _Agents),
@@ -297,45 +278,25 @@ class ApiServer:
 
         pages: dict[str, Any] = {} if self._auth is not None else {"/": fleet_page}
         origins = [f"{host}:{self.port}" for host in {self.host, "127.0.0.1", "localhost"}]
-        started = threading.Event()
-        failure: list[BaseException] = []
 
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            try:
-                self._server = get_server(
-                    pages or {"/": _no_dashboard},
-                    port=self.port,
-                    address=self.host,
-                    websocket_origin=origins,
-                    loop=IOLoop.current(),
-                    start=False,
-                    show=False,
-                    extra_patterns=patterns,
-                )
-                self._server.start()
-            except BaseException as error:
-                failure.append(error)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-            loop.close()
+        def serve(loop: asyncio.AbstractEventLoop) -> Any:
+            server = get_server(
+                pages or {"/": _no_dashboard},
+                port=self.port,
+                address=self.host,
+                websocket_origin=origins,
+                loop=IOLoop.current(),
+                start=False,
+                show=False,
+                extra_patterns=patterns,
+            )
+            server.start()
+            return server
 
-        self._thread = threading.Thread(target=serve, name="fleetpulse-http", daemon=True)
-        self._thread.start()
-        started.wait()
-        if failure:
-            raise failure[0]
+        self._server = self._loop_thread.start(serve)
         _log.info("dashboard and HTTP API listening on %s", self.url)
         return self
 
     def stop(self) -> None:
-        loop, server = self._loop, self._server
-        if loop is None or server is None or self._thread is None:
-            return
-        loop.call_soon_threadsafe(server.stop)
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(timeout=10)
+        if self._server is not None:
+            self._loop_thread.stop(before=self._server.stop)

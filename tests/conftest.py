@@ -18,7 +18,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import EmbeddedBroker
-from broker.mosquitto import MosquittoProcess, free_port
+from broker.mosquitto import MosquittoProcess
+from broker.netutil import free_port
 from publisher.protocol import HealthMessage, ProtocolError, parse_health
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.mosquitto import free_port
+from broker.netutil import free_port
 from tests.conftest import IN_CI, ROOT, require_tool
 
 ARTIFACTS = ROOT / "tests" / "artifacts"

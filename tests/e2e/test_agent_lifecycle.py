@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import EmbeddedBroker
-from broker.mosquitto import free_port
+from broker.netutil import free_port
 from publisher import Agent, ControlCommand
 from publisher.protocol import Command, Kind, ReportedStatus, control_topic
 from tests.conftest import BrokerProcess, HealthRecorder, Received, subscribe_health

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.mosquitto import free_port, wait_for_port
+from broker.netutil import free_port, wait_for_port
 from publisher.protocol import Command, Kind
 from tests.conftest import BrokerProcess, HealthRecorder
 from tests.e2e.test_agent_lifecycle import _of, _publish_command

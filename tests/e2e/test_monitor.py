@@ -19,7 +19,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker.mosquitto import free_port
+from broker.netutil import free_port
 from monitor.client import MonitorClient, MonitorError
 from monitor.health import ThresholdPolicy, Thresholds
 from monitor.service import Monitor, MonitorConfig
