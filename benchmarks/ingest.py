@@ -35,7 +35,6 @@ import cProfile
 import io
 import json
 import pstats
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +50,7 @@ import duckdb
 import paho.mqtt.client as paho
 import pandas as pd
 
+from benchmarks._child import EventChild
 from benchmarks._ingest_publisher import INTERVAL_S, WINDOW, heartbeat_template
 from benchmarks.sdk_overhead import Target, machine_description
 from broker.mosquitto import MosquittoProcess
@@ -58,7 +58,6 @@ from monitor.service import Monitor, MonitorConfig
 from publisher.mqtt import make_client, parse_broker_url
 from publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, health_topic
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PUBLISHER_MODULE = "benchmarks._ingest_publisher"
 MOSQUITTO_LIMITS = ("max_queued_messages 0", "max_inflight_messages 0")  # unlimited: never drop, never throttle
 POLL_S = 0.01  # how often the received / stored count is sampled
@@ -136,38 +135,17 @@ class RawSubscriber:
         self._client.loop_stop()
 
 
-class PublisherChild:
+class PublisherChild(EventChild):
     """One `benchmarks._ingest_publisher` process."""
 
     def __init__(self, broker_url: str, first_agent: int, agents: int, seconds: float) -> None:
-        args = [sys.executable, "-m", PUBLISHER_MODULE, broker_url, str(first_agent), str(agents), str(seconds)]
-        self._process = subprocess.Popen(args, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def read_event(self, expected: str) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            code = self._process.wait(timeout=15)
-            raise RuntimeError(f"publisher exited with {code} before printing {expected!r}")
-        event: dict[str, Any] = json.loads(line)
-        if event.get("event") != expected:
-            raise RuntimeError(f"publisher printed {line.strip()[:200]!r}, expected {expected!r}")
-        return event
+        super().__init__("publisher", PUBLISHER_MODULE, broker_url, str(first_agent), str(agents), str(seconds))
 
     def go(self) -> None:
-        assert self._process.stdin is not None
-        self._process.stdin.write("go\n")
-        self._process.stdin.flush()
+        self.send("go")
 
     def finish(self) -> None:
-        code = self._process.wait(timeout=30)
-        if code != 0:
-            raise RuntimeError(f"publisher exited with {code}")
-
-    def kill(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        self.wait_ok()
 
 
 @dataclass(frozen=True)

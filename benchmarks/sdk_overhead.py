@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,13 +24,13 @@ from typing import Any
 import paho.mqtt.client as paho
 import psutil
 
+from benchmarks._child import EventChild
 from benchmarks._overhead_child import AGENT_ID
 from broker import EmbeddedBroker
 from publisher import Agent, ProtocolError
 from publisher.mqtt import make_client, parse_broker_url
 from publisher.protocol import HealthMessage, Kind, health_topic, parse_health
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CHILD_MODULE = "benchmarks._overhead_child"
 THROUGHPUT_S = 2.0
 THROUGHPUT_BATCH = 1_000  # calls between clock reads, so the clock is not what gets measured
@@ -73,32 +71,20 @@ class Target:
         return f"{sign} {self.limit:g}  {'PASS' if self.met else 'MISS'}"
 
 
-class _Child:
+class _Child(EventChild):
     """A `benchmarks._overhead_child` process, read line by line, sampled with psutil while it waits."""
 
     def __init__(self, mode: str, seconds: float, broker_url: str) -> None:
+        super().__init__(f"{mode} child", CHILD_MODULE, mode, str(seconds), broker_url)
         self.mode = mode
-        args = [sys.executable, "-m", CHILD_MODULE, mode, str(seconds), broker_url]
-        self._process = subprocess.Popen(args, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._ps = psutil.Process(self._process.pid)
-
-    def read_event(self, expected: str) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            code = self._process.wait(timeout=15)
-            raise RuntimeError(f"{self.mode} child exited with {code} before printing {expected!r}")
-        event: dict[str, Any] = json.loads(line)
-        if event.get("event") != expected:
-            raise RuntimeError(f"{self.mode} child printed {line.strip()!r}, expected {expected!r}")
-        return event
+        self._ps = psutil.Process(self.pid)
 
     def rss_bytes(self) -> int:
         return int(self._ps.memory_info().rss)
 
     def peak_rss_bytes(self) -> int | None:
         """Linux's VmHWM. Not ru_maxrss: Linux carries that across exec, so it would be the parent's peak."""
-        status = Path(f"/proc/{self._process.pid}/status")
+        status = Path(f"/proc/{self.pid}/status")
         if not status.exists():
             return None
         for line in status.read_text().splitlines():
@@ -108,17 +94,8 @@ class _Child:
 
     def finish(self) -> None:
         """Release the child (it is blocked on stdin) and wait for it to exit cleanly."""
-        assert self._process.stdin is not None
-        self._process.stdin.write("\n")
-        self._process.stdin.close()
-        code = self._process.wait(timeout=30)
-        if code != 0:
-            raise RuntimeError(f"{self.mode} child exited with {code}")
-
-    def kill(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        self.send("", close=True)
+        self.wait_ok()
 
 
 class HeartbeatCounter:

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import panel as pn
 
-from monitor.fleet import headline, sort_for_people
+from monitor.fleet import age_text, headline, sort_for_people
 from monitor.service import Monitor
 
 __all__ = ["fleet_frame", "fleet_view"]
@@ -24,13 +24,6 @@ _STATE_COLOURS = {
 _COLUMNS = ["state", "agent", "name", "group", "host", "last heartbeat", "interval (s)", "reason"]
 
 
-def _age(moment: str | None, now: datetime) -> str:
-    if moment is None:
-        return "never"
-    seconds = max(0, int((now - datetime.fromisoformat(moment)).total_seconds()))
-    return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
-
-
 def fleet_frame(records: list[dict[str, Any]], now: datetime) -> pd.DataFrame:
     """The fleet table's rows: urgent states first, ages relative to `now`."""
     rows = [
@@ -40,7 +33,7 @@ def fleet_frame(records: list[dict[str, Any]], now: datetime) -> pd.DataFrame:
             "name": record["display_name"],
             "group": record["group"] or "",
             "host": record["host"],
-            "last heartbeat": _age(record["last_heartbeat_at"], now),
+            "last heartbeat": age_text(record["last_heartbeat_at"], now),
             "interval (s)": record["interval_s"],
             "reason": record["reason"],
         }

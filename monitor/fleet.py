@@ -10,7 +10,7 @@ from typing import Any
 from monitor.health import AgentView, State
 from publisher.protocol import format_timestamp
 
-__all__ = ["agent_record", "format_status", "headline", "sort_for_people", "summary"]
+__all__ = ["age_text", "agent_record", "format_status", "headline", "sort_for_people", "summary"]
 
 # Rows people must act on first (SPEC dashboard rule, also used by `fleetpulse status`).
 _URGENCY = {State.UNREACHABLE: 0, State.DEGRADED: 1, State.UNKNOWN: 2, State.KILLED: 3, State.HEALTHY: 4}
@@ -61,7 +61,8 @@ def headline(records: Sequence[dict[str, Any]]) -> str:
     return f"{line} ({', '.join(others)})" if others else line
 
 
-def _age(moment: str | None, now: datetime) -> str:
+def age_text(moment: str | None, now: datetime) -> str:
+    """'12 s ago', '5 min ago', '3 h ago' or 'never', for an RFC 3339 time from an agent record."""
     if moment is None:
         return "never"
     seconds = max(0, int((now - datetime.fromisoformat(moment)).total_seconds()))
@@ -81,7 +82,7 @@ def format_status(records: Sequence[dict[str, Any]], now: datetime) -> str:
                 record["agent"],
                 record["display_name"],
                 record["health_status"],
-                _age(record["last_heartbeat_at"], now),
+                age_text(record["last_heartbeat_at"], now),
                 record["host"] or "",
                 record["reason"] or "",
             )
