@@ -9,6 +9,7 @@ import ipaddress
 import json
 import logging
 import re
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -22,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.ioloop import IOLoop
 
 from broker.netutil import LoopThread, ensure_port_free, free_port
-from monitor.dashboard import fleet_view
+from monitor.dashboard import DashboardAccess, dashboard_page
 from monitor.fleet import sort_for_people, summary
 from monitor.metrics import render_metrics
 from monitor.service import Monitor
@@ -84,6 +85,12 @@ class ApiAuth:
             return cls(user=user, password=password)
         raise ValueError("--auth takes token:SECRET (16+ characters) or basic:USER:PASSWORD (8+ characters)")
 
+    def panel_basic_auth(self) -> str | dict[str, str]:
+        """The same credentials for Panel's login page: user and password, or any user name with the token."""
+        if self.token is not None:
+            return self.token
+        return {self.user or "": self.password or ""}
+
     def who(self, authorization: str | None) -> str | None:
         """The caller's name if `authorization` (the HTTP header) is right, else None."""
         if not authorization:
@@ -124,6 +131,10 @@ class _Handler(tornado.web.RequestHandler):
         if self.auth is None or self.request.path == "/healthz":  # liveness checks need no secret
             return
         who = self.auth.who(self.request.headers.get("Authorization"))
+        if who is None:
+            # A browser that logged in on the dashboard's page carries Panel's signed user cookie.
+            cookie = self.get_secure_cookie("user")
+            who = cookie.decode("utf-8", errors="replace") if cookie else None
         if who is None:
             self.set_header("WWW-Authenticate", 'Basic realm="fleetpulse"' if self.auth.user else "Bearer")
             self.send({"error": "authentication required"}, 401)
@@ -224,12 +235,6 @@ class _Stats(_Handler):
         self.send(self.monitor.stats())
 
 
-def _no_dashboard() -> Any:
-    import panel as pn
-
-    return pn.pane.Markdown("The dashboard is off while `--auth` protects this server; use the API.")
-
-
 class ApiServer:
     """Serves the API on its own thread and event loop; `url` says where."""
 
@@ -269,19 +274,26 @@ class ApiServer:
         ]
         settings = {"monitor": self._monitor, "auth": self._auth, "loopback": _is_loopback(self.host)}
         patterns = [(pattern, handler, settings) for pattern, handler in routes]
-        # The dashboard and the API share Panel's (tornado) server. With --auth set, the page is not
-        # served until it honours the same credentials (the API alone is protected for now).
+        # The dashboard and the API share Panel's (tornado) server. With --auth, the page asks for the
+        # same credentials on Panel's login form (a signed cookie then carries them, to the API too).
         monitor = self._monitor
+        loopback = _is_loopback(self.host)
+        access = DashboardAccess(
+            commands_allowed=self._auth is not None or loopback,
+            refusal="Commands are off: this server listens beyond loopback without `--auth`.",
+        )
 
-        def fleet_page() -> Any:  # a plain function: Panel renders a functools.partial as its repr
-            return fleet_view(monitor)
+        def page() -> Any:  # a plain function: Panel renders a functools.partial as its repr
+            return dashboard_page(monitor, access)
 
-        pages: dict[str, Any] = {} if self._auth is not None else {"/": fleet_page}
         origins = [f"{host}:{self.port}" for host in {self.host, "127.0.0.1", "localhost"}]
+        auth_options: dict[str, Any] = {}
+        if self._auth is not None:
+            auth_options = {"basic_auth": self._auth.panel_basic_auth(), "cookie_secret": secrets.token_hex(32)}
 
         def serve(loop: asyncio.AbstractEventLoop) -> Any:
             server = get_server(
-                pages or {"/": _no_dashboard},
+                {"/": page},
                 port=self.port,
                 address=self.host,
                 websocket_origin=origins,
@@ -289,6 +301,8 @@ class ApiServer:
                 start=False,
                 show=False,
                 extra_patterns=patterns,
+                title="fleetpulse",
+                **auth_options,
             )
             server.start()
             return server

@@ -208,6 +208,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             agent_id = f"demo-{n}"
             command = [sys.executable, "-m", "monitor.cli", "demo", "--broker", broker_url, "--id", agent_id]
             command += ["--interval-s", str(args.interval_s), "--keepalive-s", str(args.keepalive_s)]
+            if n > 1:  # a small dependency graph to look at: every other demo agent needs demo-1
+                command += ["--depends-on", "demo-1"]
             children.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             _log.info("demo agent %s runs as pid %d (try: kill -9 %d)", agent_id, children[-1].pid, children[-1].pid)
         if api:
@@ -255,8 +257,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     ids = [args.id] if args.id else [f"{args.prefix}-{n}" for n in range(1, args.agents + 1)]
     for agent_id in ids:
         validate_id(agent_id)
+    for dependency in args.depends_on:
+        validate_id(dependency, "--depends-on")
     agents = [
-        DemoAgent(agent_id, args.broker, args.interval_s, args.keepalive_s, failure_ratio=args.failure_ratio)
+        DemoAgent(
+            agent_id,
+            args.broker,
+            args.interval_s,
+            args.keepalive_s,
+            failure_ratio=args.failure_ratio,
+            depends_on=args.depends_on,
+        )
         for agent_id in ids
     ]
     stop = _stop_on_signals()
@@ -498,6 +509,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--interval-s", type=float, default=2.0, help="heartbeat interval (default 2)")
     demo.add_argument("--keepalive-s", type=int, default=2, help="MQTT keep-alive (default 2)")
     demo.add_argument("--failure-ratio", type=float, default=0.02, help="share of failing tasks (default 0.02)")
+    demo.add_argument(
+        "--depends-on", action="append", default=[], metavar="ID", help="an agent id these agents need (repeatable)"
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     status = commands.add_parser("status", help="the fleet now: from the running monitor, else the broker")

@@ -80,6 +80,11 @@ class MonitorClient:
         result: dict[str, Any] = self._call(path, {"reason": reason})
         return result
 
+    def stats(self) -> dict[str, int]:
+        """The monitor's own counters: received, applied, duplicate, rejected, rows_stored, transitions..."""
+        result: dict[str, int] = self._call("/api/stats")
+        return result
+
     def metrics(self) -> str:
         """The Prometheus text of `GET /metrics`."""
         request = urllib.request.Request(self.url + "/metrics", headers=self._headers)

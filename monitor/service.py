@@ -28,8 +28,10 @@ from monitor.health import (
     listening_resumed,
     tick,
 )
+from monitor.history import usage_today
 from monitor.store import Store, WriteBatch
 from monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Subscriber
+from monitor.usage import AgentUsage, UsageBook
 from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
 from publisher.protocol import (
     ControlCommand,
@@ -106,6 +108,7 @@ class Monitor:
         self._clock = clock
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._views: dict[str, AgentView] = {}
+        self._usage = UsageBook()  # guarded by _views_lock, like the views
         self._views_lock = threading.Lock()
         self._stats: Counter[str] = Counter()
         self._listeners: list[TransitionListener] = []
@@ -140,6 +143,8 @@ class Monitor:
                 agent: listening_resumed(view, now, "monitor starting")
                 for agent, view in self._store.load_views().items()
             }
+            for agent, usage in usage_today(self._store, now).items():
+                self._usage.seed(agent, usage)
         self._store.write(WriteBatch(events=[(now, self.config.monitor_id, "started", self._url.display)]))
         self._write_sidecar()
         self._subscriber = Subscriber(
@@ -196,13 +201,31 @@ class Monitor:
         return self._store
 
     @property
+    def broker_display(self) -> str:
+        """The broker's URL without its password."""
+        return self._url.display
+
+    @property
     def connected(self) -> bool:
         return self._connected
 
     def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent as a dict (SPEC §5), with today's work figures (`cost_today_usd`, `success_ratio_today`...)."""
+        now = self._clock()
         with self._views_lock:
-            views = list(self._views.values())
-        return [agent_record(view) for view in sorted(views, key=lambda v: v.agent)]
+            views = sorted(self._views.values(), key=lambda v: v.agent)
+            usages = [self._usage.get(view.agent, now) for view in views]
+        empty = AgentUsage(day=now.date(), hour=now).as_dict()
+        return [
+            agent_record(view) | (usage.as_dict() if usage is not None else empty)
+            for view, usage in zip(views, usages, strict=True)
+        ]
+
+    def usage(self, agent: str) -> AgentUsage | None:
+        """A copy of one agent's work figures today."""
+        now = self._clock()
+        with self._views_lock:
+            return self._usage.get(agent, now)
 
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
@@ -397,6 +420,8 @@ class Monitor:
         if outcome is Outcome.LATE:
             self._views[message.agent] = view
             pending.add_message(message, event.received_at, event.retained)
+            if message.metrics is not None:
+                self._usage.add(message.agent, message.metrics, event.received_at)
             return
         if outcome is not Outcome.APPLIED:
             return
@@ -406,6 +431,8 @@ class Monitor:
             # (A retained will or stop that only restores what was known is no new message: its row
             # was stored when it first arrived. Heartbeats are deduplicated by seq instead.)
             pending.add_message(message, event.received_at, event.retained)
+            if message.metrics is not None:  # counted once, like the row it came with
+                self._usage.add(message.agent, message.metrics, event.received_at)
         if transition is None:
             return
         if message.kind is Kind.WILL and not event.retained:

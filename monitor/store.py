@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -248,12 +248,12 @@ class Store:
         return views
 
     def query(
-        self, sql: str, parameters: Sequence[Any] | None = None, limit: int = MAX_QUERY_ROWS
+        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None, limit: int = MAX_QUERY_ROWS
     ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
         """Run a read; return column names, at most `limit` rows, and whether rows were cut off."""
         cursor = self._connection.cursor()
         try:
-            result = cursor.execute(sql, parameters or [])
+            result = cursor.execute(sql, parameters if parameters is not None else [])
             columns = [d[0] for d in result.description or []]
             rows = result.fetchmany(limit + 1)
         finally:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from monitor.client import MonitorClient, MonitorError
 from monitor.service import Monitor, MonitorConfig
 from publisher import Agent, ControlCommand
 from tests.conftest import BrokerProcess
-from tests.e2e.test_monitor import eventually, rows, state_of
+from tests.e2e.test_monitor import AGENT_SCRIPT, eventually, rows, state_of
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -116,3 +119,35 @@ def test_basic_auth_checks_user_and_password() -> None:
     assert auth.who("Basic !!!not-base64") is None
     assert auth.who(None) is None
     assert auth.who("Bearer correct-horse") is None
+
+
+def test_the_read_endpoints_answer_work_figures_outages_and_counters(
+    amqtt_broker: BrokerProcess, serving: tuple[Monitor, str], spawn: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    monitor, url = serving
+    client = MonitorClient(url)
+    with Agent("worker", broker=amqtt_broker.url, interval_s=0.3) as agent:
+        agent.report_metric(success=True, latency_ms=120.0, cost_usd=0.25, tokens_in=100, tokens_out=40, model="m1")
+        agent.report_metric(success=False, latency_ms=80.0, cost_usd=0.25, tokens_in=10, tokens_out=0, model="m1")
+        figures = eventually(lambda: next((a for a in client.list_agents() if a["tasks_ok_today"] == 1), None))
+        assert figures["tasks_failed_today"] == 1 and figures["success_ratio_today"] == 0.5
+        assert figures["cost_today_usd"] == pytest.approx(0.5) and figures["tokens_in_today"] == 110
+        assert client.agent("worker")["cost_today_usd"] == pytest.approx(0.5)
+        for verb in ("pause", "resume", "rebirth"):
+            assert client.command("worker", verb)["command"] == verb
+        eventually(lambda: len(rows(monitor, "SELECT * FROM commands")) == 3)
+
+        victim = spawn(str(AGENT_SCRIPT), amqtt_broker.url, "victim", "0.5", "5")
+        eventually(lambda: state_of(monitor, "victim") == "healthy")
+        os.kill(victim.pid, signal.SIGKILL)
+        outage = eventually(lambda: client.outages(agent="victim"))
+        assert [(o["agent"], o["state"], o["ended_at"]) for o in outage] == [("victim", "unreachable", None)]
+        assert client.outages(agent="worker") == [] and len(client.outages(since="1h")) == 1
+        with pytest.raises(MonitorError) as bad_since:
+            client.outages(since="last tuesday")
+        assert bad_since.value.status == 400 and "--since" in str(bad_since.value)
+        stats = client.stats()
+        assert stats["rows_stored"] >= 2 and stats["transitions"] >= 1 and stats["commands"] == 3
+        with pytest.raises(MonitorError) as missing:
+            client.agent("nobody-here")
+        assert missing.value.status == 404

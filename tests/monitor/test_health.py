@@ -33,13 +33,7 @@ from monitor.health import (
 )
 from publisher.protocol import HealthMessage, Kind, Metrics, ProtocolError, ReportedStatus, parse_health
 
-HEALTHY, DEGRADED, UNREACHABLE, KILLED, UNKNOWN = (
-    State.HEALTHY,
-    State.DEGRADED,
-    State.UNREACHABLE,
-    State.KILLED,
-    State.UNKNOWN,
-)
+HEALTHY, DEGRADED, UNREACHABLE, KILLED, UNKNOWN = State  # members in definition order
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 INTERVAL_S = 10.0

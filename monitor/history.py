@@ -1,0 +1,207 @@
+"""Questions about the past, answered in DuckDB SQL over the store: stays, uptime, MTTR, cost over time.
+
+The dashboard's agent detail and fleet history views read these; every function takes the window
+(`since`, `until`) as arguments, so results are reproducible and testable with fixed times.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.store import Store
+from monitor.usage import AgentUsage
+
+__all__ = [
+    "agent_commands",
+    "agent_series",
+    "agent_transitions",
+    "availability",
+    "cost_by_model",
+    "cost_over_time",
+    "mttr",
+    "stays",
+    "top_spenders",
+    "usage_today",
+]
+
+# Every agent's stays in each state, unclipped. The first state after an agent was first seen is no
+# transition (nothing changed from a known state), so it comes from the agents table: the from_state
+# of its first transition, or its state if it has none. (The `outages` view reads transitions only,
+# so it misses an outage an agent was already in when first seen; these functions don't.)
+_ORDERED = """
+WITH changes AS (
+    SELECT agent, "at", id, to_state AS state, reason FROM transitions
+    UNION ALL
+    SELECT a.agent, a.first_seen AS "at", -1 AS id, coalesce(f.first_state, a.state) AS state, 'first seen' AS reason
+    FROM agents a LEFT JOIN (
+        SELECT agent, arg_min(from_state, "at") AS first_state FROM transitions GROUP BY agent
+    ) f ON f.agent = a.agent
+    WHERE a.first_seen IS NOT NULL
+),
+ordered AS (
+    SELECT agent, state, reason, "at" AS started_at,
+           LEAD("at") OVER (PARTITION BY agent ORDER BY "at", id) AS next_at
+    FROM changes {where}
+)
+"""
+# The same stays clipped to the window [$since, $until): a stay that began earlier still counts.
+_STAYS = (
+    _ORDERED
+    + """
+SELECT agent, state, reason,
+       greatest(started_at, $since) AS started_at,
+       least(coalesce(next_at, $until), $until) AS ended_at
+FROM ordered
+WHERE coalesce(next_at, $until) > $since AND started_at < $until
+"""
+)
+
+
+def _rows(store: Store, sql: str, parameters: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
+    columns, rows, _ = store.query(sql, parameters, limit=1_000_000)
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def stays(store: Store, since: datetime, until: datetime, agent: str | None = None) -> list[dict[str, Any]]:
+    """Every agent's (or one agent's) stays in each state within [since, until): agent, state, reason, bounds."""
+    where = "WHERE agent = $agent" if agent is not None else ""
+    parameters: dict[str, Any] = {"since": since, "until": until}
+    if agent is not None:
+        parameters["agent"] = agent
+    return _rows(store, _STAYS.format(where=where) + " ORDER BY agent, started_at", parameters)
+
+
+def availability(store: Store, since: datetime, until: datetime) -> dict[str, float]:
+    """Share of each agent's observed time in `healthy` within the window.
+
+    Observed time leaves out `killed` (stopped on purpose) and `unknown` (the monitor could not see):
+    neither is the agent's downtime. Agents with no observed time are absent.
+    """
+    sql = f"""
+        SELECT agent,
+               sum(epoch(ended_at) - epoch(started_at)) FILTER (WHERE state = 'healthy') AS healthy_s,
+               sum(epoch(ended_at) - epoch(started_at))
+                   FILTER (WHERE state NOT IN ('killed', 'unknown')) AS observed_s
+        FROM ({_STAYS.format(where="")}) GROUP BY agent
+    """
+    result: dict[str, float] = {}
+    for row in _rows(store, sql, {"since": since, "until": until}):
+        if row["observed_s"]:
+            result[row["agent"]] = (row["healthy_s"] or 0.0) / row["observed_s"]
+    return result
+
+
+def mttr(store: Store, since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """Per agent: outages (degraded or unreachable stays) that began in the window, how many ended, mean repair time."""
+    sql = (
+        _ORDERED.format(where="")
+        + """
+        SELECT agent, count(*) AS outages, count(next_at) AS recovered,
+               avg(epoch(next_at) - epoch(started_at)) FILTER (WHERE next_at IS NOT NULL) AS mttr_s,
+               sum(epoch(least(coalesce(next_at, $until), $until)) - epoch(started_at)) AS down_s
+        FROM ordered
+        WHERE state IN ('degraded', 'unreachable') AND started_at >= $since AND started_at < $until
+        GROUP BY agent ORDER BY down_s DESC, agent
+    """
+    )
+    return _rows(store, sql, {"since": since, "until": until})
+
+
+def agent_transitions(store: Store, agent: str, limit: int = 50) -> list[dict[str, Any]]:
+    sql = """SELECT "at", from_state, to_state, reason, snapshot FROM transitions
+             WHERE agent = $agent ORDER BY "at" DESC, id DESC LIMIT $limit"""
+    return _rows(store, sql, {"agent": agent, "limit": limit})
+
+
+def agent_commands(store: Store, agent: str, group: str | None, limit: int = 50) -> list[dict[str, Any]]:
+    """The audit log rows aimed at the agent or at its group."""
+    sql = """SELECT "at", command, issued_by, reason, target FROM commands
+             WHERE target = $agent_target OR target = $group_target ORDER BY "at" DESC LIMIT $limit"""
+    parameters = {"agent_target": f"agents/{agent}", "group_target": f"groups/{group}" if group else "", "limit": limit}
+    return _rows(store, sql, parameters)
+
+
+def agent_series(store: Store, agent: str, since: datetime, until: datetime, bucket_s: int) -> list[dict[str, Any]]:
+    """Latency (worst p50/p95 per bucket), cost and tasks of one agent over time, in buckets of `bucket_s`."""
+    sql = """
+        SELECT time_bucket(to_seconds($bucket_s), received_at) AS bucket,
+               max(latency_ms_p50) AS latency_ms_p50, max(latency_ms_p95) AS latency_ms_p95,
+               sum(cost_usd) AS cost_usd, sum(ok) AS ok, sum(failed) AS failed
+        FROM heartbeats
+        WHERE agent = $agent AND received_at >= $since AND received_at < $until
+        GROUP BY bucket ORDER BY bucket
+    """
+    return _rows(store, sql, {"agent": agent, "since": since, "until": until, "bucket_s": bucket_s})
+
+
+def cost_over_time(store: Store, since: datetime, until: datetime, bucket_s: int) -> list[dict[str, Any]]:
+    """Cost per agent per time bucket."""
+    sql = """
+        SELECT time_bucket(to_seconds($bucket_s), received_at) AS bucket, agent, sum(cost_usd) AS cost_usd
+        FROM heartbeats WHERE received_at >= $since AND received_at < $until AND cost_usd > 0
+        GROUP BY ALL ORDER BY bucket, agent
+    """
+    return _rows(store, sql, {"since": since, "until": until, "bucket_s": bucket_s})
+
+
+def cost_by_model(store: Store, since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """Cost and tokens per model, summed over the agents' per-model windows."""
+    sql = """
+        SELECT m.key AS model,
+               sum(CAST(json_extract(m.value, '$.cost_usd') AS DOUBLE)) AS cost_usd,
+               sum(CAST(json_extract(m.value, '$.tokens_in') AS BIGINT)) AS tokens_in,
+               sum(CAST(json_extract(m.value, '$.tokens_out') AS BIGINT)) AS tokens_out
+        FROM heartbeats h, json_each(h.by_model) m
+        WHERE h.received_at >= $since AND h.received_at < $until
+        GROUP BY model ORDER BY cost_usd DESC, model
+    """
+    return _rows(store, sql, {"since": since, "until": until})
+
+
+def top_spenders(store: Store, since: datetime, until: datetime, limit: int = 10) -> list[dict[str, Any]]:
+    sql = """
+        SELECT agent, sum(cost_usd) AS cost_usd, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
+               sum(ok) AS tasks_ok, sum(failed) AS tasks_failed
+        FROM heartbeats WHERE received_at >= $since AND received_at < $until
+        GROUP BY agent HAVING sum(cost_usd) > 0 ORDER BY cost_usd DESC, agent LIMIT $limit
+    """
+    return _rows(store, sql, {"since": since, "until": until, "limit": limit})
+
+
+def usage_today(store: Store, now: datetime) -> dict[str, AgentUsage]:
+    """Today's (UTC) figures per agent, recomputed from the heartbeats: what a restarted monitor resumes from."""
+    day_start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    hour_start = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    sql = """
+        SELECT agent, coalesce(sum(ok), 0) AS ok, coalesce(sum(failed), 0) AS failed,
+               coalesce(sum(cost_usd), 0) AS cost,
+               coalesce(sum(cost_usd) FILTER (WHERE received_at >= $hour), 0) AS hour,
+               coalesce(sum(tokens_in), 0) AS tokens_in, coalesce(sum(tokens_out), 0) AS tokens_out,
+               -- both from one window: the latest with tasks and a p50, as UsageBook.add keeps them
+               arg_max({'p50': latency_ms_p50, 'p95': latency_ms_p95}, received_at)
+                   FILTER (WHERE ok + failed > 0 AND latency_ms_p50 IS NOT NULL) AS latency
+        FROM heartbeats WHERE received_at >= $day GROUP BY agent
+    """
+    books: dict[str, AgentUsage] = {}
+    for row in _rows(store, sql, {"day": day_start, "hour": hour_start}):
+        books[row["agent"]] = AgentUsage(
+            day=day_start.date(),
+            hour=hour_start,
+            ok_today=int(row["ok"]),
+            failed_today=int(row["failed"]),
+            cost_today_usd=float(row["cost"]),
+            cost_hour_usd=float(row["hour"]),
+            tokens_in_today=int(row["tokens_in"]),
+            tokens_out_today=int(row["tokens_out"]),
+            latency_ms_p50=row["latency"]["p50"] if row["latency"] else None,
+            latency_ms_p95=row["latency"]["p95"] if row["latency"] else None,
+        )
+    by_model_sql = """
+        SELECT h.agent, m.key AS model, sum(CAST(json_extract(m.value, '$.cost_usd') AS DOUBLE)) AS cost
+        FROM heartbeats h, json_each(h.by_model) m WHERE h.received_at >= $day GROUP BY ALL
+    """
+    for row in _rows(store, by_model_sql, {"day": day_start}):
+        if row["agent"] in books:
+            books[row["agent"]].cost_by_model_today_usd[row["model"]] = float(row["cost"] or 0.0)
+    return books
