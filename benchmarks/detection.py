@@ -241,7 +241,7 @@ def monitor_timing() -> dict[str, float]:
     return {
         f.name: getattr(config, f.name)
         for f in fields(config)
-        if f.name.endswith("_s") and not f.name.endswith("_per_s")
+        if f.name.endswith("_s") and not f.name.endswith("_per_s") and isinstance(getattr(config, f.name), int | float)
     }
 
 

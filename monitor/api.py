@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.ioloop import IOLoop
 
 from broker.netutil import LoopThread, ensure_port_free, free_port
+from monitor.alert_policy import parse_duration
 from monitor.dashboard import DashboardAccess, dashboard_page
 from monitor.fleet import sort_for_people, summary
 from monitor.metrics import render_metrics
@@ -224,6 +225,60 @@ class _Command(_Handler):
         self.send({"id": command.id, "topic": topic, "command": verb, "issued_by": self.caller}, 202)
 
 
+class _Alerts(_Handler):
+    def get(self) -> None:
+        try:
+            limit = max(1, min(int(self.get_query_argument("limit", "100")), 10_000))
+        except ValueError:
+            self.send({"error": "limit must be a number"}, 400)
+            return
+        columns, rows, _ = self.monitor.store.query(
+            'SELECT id, incident_id, agent, "at", severity, event, channel, delivered_at, attempts, error, '
+            'next_attempt_at, gave_up FROM alerts ORDER BY "at" DESC, event LIMIT $limit',
+            {"limit": limit},
+        )
+        self.send([dict(zip(columns, row, strict=True)) for row in rows])
+
+
+class _Incidents(_Handler):
+    def get(self) -> None:
+        self.send([asdict(incident) for incident in self.monitor.store.open_incidents()])
+
+
+class _Silences(_Handler):
+    def get(self) -> None:
+        every = self.get_query_argument("all", "") in ("1", "true", "yes")
+        self.send(self.monitor.store.silences(None if every else datetime.now(UTC)))
+
+    def post(self) -> None:
+        if self.auth is None and not self.loopback:
+            self.send({"error": "silences over the network need --auth; this server listens beyond loopback"}, 403)
+            return
+        try:
+            body = json.loads(self.request.body or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("send a JSON object")
+            duration_s = parse_duration(body.get("for", ""))
+            silence = self.monitor.alerting.add_silence(
+                str(body.get("pattern", "")), duration_s, str(body.get("reason", "")), self.caller, datetime.now(UTC)
+            )
+        except ValueError as error:
+            self.send({"error": str(error)}, 400)
+            return
+        self.send(asdict(silence), 201)
+
+
+class _Silence(_Handler):
+    def delete(self, silence_id: str) -> None:
+        if self.auth is None and not self.loopback:
+            self.send({"error": "silences over the network need --auth; this server listens beyond loopback"}, 403)
+            return
+        if self.monitor.alerting.remove_silence(silence_id, datetime.now(UTC)):
+            self.send({"removed": silence_id})
+        else:
+            self.send({"error": f"no silence {silence_id!r} in force"}, 404)
+
+
 class _Metrics(_Handler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
@@ -270,6 +325,10 @@ class ApiServer:
             (r"/api/sql", _Sql),
             (r"/api/stats", _Stats),
             (r"/api/agents/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(kill|pause|resume|rebirth)", _Command),
+            (r"/api/alerts", _Alerts),
+            (r"/api/incidents", _Incidents),
+            (r"/api/silences", _Silences),
+            (r"/api/silences/([0-9a-f]{1,64})", _Silence),
             (r"/metrics", _Metrics),
         ]
         settings = {"monitor": self._monitor, "auth": self._auth, "loopback": _is_loopback(self.host)}

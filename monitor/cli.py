@@ -133,12 +133,18 @@ def _thresholds(args: argparse.Namespace) -> Any:
 
 def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]:
     """Monitor plus its HTTP API; CliError (one line) for a held database or a taken port."""
+    from monitor.alert_policy import AlertSettings, load_settings
     from monitor.api import ApiAuth, ApiServer
     from monitor.service import Monitor, MonitorConfig
     from monitor.store import StoreLocked
 
     config = MonitorConfig(
-        broker=broker_url, db_path=Path(args.db), monitor_id=args.monitor_id, thresholds=_thresholds(args)
+        broker=broker_url,
+        db_path=Path(args.db),
+        monitor_id=args.monitor_id,
+        thresholds=_thresholds(args),
+        alerts=load_settings(Path(args.alerts)) if args.alerts else AlertSettings(),
+        notify=tuple(args.notify),
     )
     monitor = Monitor(config)
     api = None
@@ -444,6 +450,75 @@ def _cmd_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_silence(args: argparse.Namespace) -> int:
+    from monitor.alert_policy import parse_duration
+    from monitor.alerting import new_silence
+    from monitor.store import Store, StoreLocked
+
+    duration_s = parse_duration(args.duration)
+    db = Path(args.db)
+    client = _running_monitor(db)
+    if client is not None:
+        silence = client.silence(args.pattern, args.duration, args.reason)
+        where = f"monitor at {client.url}"
+    else:
+        created_by = f"{os.environ.get('USER', 'cli')}@cli"
+        silence_object = new_silence(args.pattern, duration_s, args.reason, created_by, datetime.now(UTC))
+        try:
+            store = Store(db)
+        except StoreLocked as error:
+            raise CliError(f"{error}; and no monitor API answers for it") from None
+        store.add_silence(silence_object, datetime.now(UTC))
+        store.close()
+        silence = {"id": silence_object.id, "ends_at": silence_object.ends_at.isoformat()}
+        where = f"{db} (no monitor running: it takes effect when one starts)"
+    print(f"silence {silence['id']} for {args.pattern!r} until {silence['ends_at']} ({where})")
+    return 0
+
+
+def _cmd_silences(args: argparse.Namespace) -> int:
+    from monitor.api import to_json
+    from monitor.client import MonitorClient
+
+    history = _history(Path(args.db))
+    if isinstance(history, MonitorClient):
+        rows = history.silences(every=args.all)
+    else:
+        rows = json.loads(to_json(history.silences(None if args.all else datetime.now(UTC))))
+        history.close()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no silences" + ("" if args.all else " in force"))
+        return 0
+    print(f"{'ID':14} {'PATTERN':24} {'UNTIL':26} {'BY':24} REASON")
+    for row in rows:
+        until = row["ends_at"] + (" (removed)" if row.get("removed_at") else "")
+        print(f"{row['id']:14} {row['pattern']:24} {until:26} {row['created_by']:24} {row['reason']}")
+    return 0
+
+
+def _cmd_unsilence(args: argparse.Namespace) -> int:
+    from monitor.store import Store, StoreLocked
+
+    db = Path(args.db)
+    client = _running_monitor(db)
+    if client is not None:
+        client.unsilence(args.id)
+    else:
+        try:
+            store = Store(db)
+        except StoreLocked as error:
+            raise CliError(f"{error}; and no monitor API answers for it") from None
+        removed = store.remove_silence(args.id, datetime.now(UTC))
+        store.close()
+        if not removed:
+            raise CliError(f"no silence {args.id!r} in force in {db}")
+    print(f"silence {args.id} removed")
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------------------
 
 
@@ -462,6 +537,16 @@ def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("FLEETPULSE_AUTH"),
         help="protect the HTTP API: token:SECRET or basic:USER:PASSWORD (or env FLEETPULSE_AUTH); without it, "
         "commands are refused when --http-host is not loopback",
+    )
+    parser.add_argument(
+        "--alerts", metavar="PATH", help="alert rules, channels and cost policies (TOML; built-in defaults without it)"
+    )
+    parser.add_argument(
+        "--notify",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="send alerts here: http(s):// is the JSON webhook, anything else an apprise URL (repeatable)",
     )
     parser.add_argument(
         "--degraded-after", type=float, help="seconds without a heartbeat before degraded (3 x interval)"
@@ -513,6 +598,22 @@ def _parser() -> argparse.ArgumentParser:
         "--depends-on", action="append", default=[], metavar="ID", help="an agent id these agents need (repeatable)"
     )
     demo.set_defaults(handler=_cmd_demo)
+
+    silence = commands.add_parser("silence", help="no alerts for agents or groups matching a glob, for a while")
+    silence.add_argument("pattern", help="glob over agent ids and groups, e.g. 'refund-*'")
+    silence.add_argument("--for", dest="duration", required=True, help="how long: 30m, 2h, 1d")
+    silence.add_argument("--reason", required=True, help="why (shown to whoever is on call)")
+    silence.add_argument("--db", default=DEFAULT_DB, help=f"history file whose monitor to tell (default {DEFAULT_DB})")
+    silence.set_defaults(handler=_cmd_silence)
+    silences = commands.add_parser("silences", help="list the silences in force")
+    silences.add_argument("--all", action="store_true", help="also expired and removed ones")
+    silences.add_argument("--json", action="store_true", help="print a JSON list")
+    silences.add_argument("--db", default=DEFAULT_DB, help=f"history file (default {DEFAULT_DB})")
+    silences.set_defaults(handler=_cmd_silences)
+    unsilence = commands.add_parser("unsilence", help="end a silence now")
+    unsilence.add_argument("id", help="the silence id (from `fleetpulse silences`)")
+    unsilence.add_argument("--db", default=DEFAULT_DB, help=f"history file (default {DEFAULT_DB})")
+    unsilence.set_defaults(handler=_cmd_unsilence)
 
     status = commands.add_parser("status", help="the fleet now: from the running monitor, else the broker")
     status.add_argument("--json", action="store_true", help='print {"summary": ..., "agents": [...]}')

@@ -34,10 +34,10 @@ class MonitorClient:
         self.timeout_s = timeout_s
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         headers = {**self._headers, **({"Content-Type": "application/json"} if data is not None else {})}
-        request = urllib.request.Request(self.url + path, data=data, headers=headers)
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
@@ -78,6 +78,30 @@ class MonitorClient:
         """`kill`, `pause`, `resume` or `rebirth` one agent; answers the command id (202)."""
         path = f"/api/agents/{urllib.parse.quote(agent_id, safe='')}/{urllib.parse.quote(command, safe='')}"
         result: dict[str, Any] = self._call(path, {"reason": reason})
+        return result
+
+    def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest alert deliveries (one row per notification and channel), newest first."""
+        result: list[dict[str, Any]] = self._call(f"/api/alerts?limit={int(limit)}")
+        return result
+
+    def incidents(self) -> list[dict[str, Any]]:
+        """Open incidents: the agent, state, severity, rule, when it opened, whether people were told."""
+        result: list[dict[str, Any]] = self._call("/api/incidents")
+        return result
+
+    def silences(self, every: bool = False) -> list[dict[str, Any]]:
+        """Silences in force (or every silence ever, with `every`)."""
+        result: list[dict[str, Any]] = self._call("/api/silences" + ("?all=1" if every else ""))
+        return result
+
+    def silence(self, pattern: str, duration: str, reason: str) -> dict[str, Any]:
+        """Silence agents or groups matching the glob `pattern` for `duration` ("2h", "30m", ...)."""
+        result: dict[str, Any] = self._call("/api/silences", {"pattern": pattern, "for": duration, "reason": reason})
+        return result
+
+    def unsilence(self, silence_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(f"/api/silences/{urllib.parse.quote(silence_id, safe='')}", method="DELETE")
         return result
 
     def stats(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ import functools
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,7 +49,7 @@ _COLUMNS = [
     "state", "agent", "name", "group", "host", "last heartbeat", "interval (s)", "success %", "p50 ms", "p95 ms",
     "cost today $", "tokens today", "uptime 24 h %", "version", "reason",
 ]  # fmt: skip
-_TABS = ("Fleet", "Agent", "History", "Dependencies", "Monitor")
+_TABS = ("Fleet", "Agent", "History", "Dependencies", "Alerts", "Monitor")
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,8 @@ def _table(frame: pd.DataFrame, name: str, page_size: int = 10) -> pn.widgets.Ta
     )
 
 
-def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=columns)
+def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(columns))
 
 
 def _caller() -> str:
@@ -447,6 +448,63 @@ class _FleetHistory:
         self.cost.object = charts.cost_lines(series, since, now)
 
 
+class _AlertsView:
+    """Open incidents, the latest deliveries with their attempts, and the silences in force."""
+
+    _INCIDENTS = ("agent", "state", "severity", "rule", "opened", "notified", "folded into")
+    _DELIVERIES = ("at", "event", "agent", "severity", "channel", "attempts", "delivered", "error")
+    _SILENCES = ("id", "pattern", "until", "by", "reason")
+
+    def __init__(self, monitor: Monitor) -> None:
+        self._monitor = monitor
+        channels = ", ".join(f"`{c.name}`" for c in monitor.alerting.channels.values())
+        self.channels = pn.pane.Markdown(
+            f"Channels: {channels or 'none configured (`--notify URL` or a rules file)'}. Silence with "
+            "`fleetpulse silence 'glob' --for 2h --reason ...`."
+        )
+        self.incidents = _table(_frame([], self._INCIDENTS), "open-incidents")
+        self.deliveries = _table(_frame([], self._DELIVERIES), "alert-deliveries", page_size=15)
+        self.silences = _table(_frame([], self._SILENCES), "silences")
+        self.panel = pn.Column(
+            self.channels,
+            "### Open incidents",
+            self.incidents,
+            "### Alerts sent (one row per channel)",
+            self.deliveries,
+            "### Silences in force",
+            self.silences,
+            sizing_mode="stretch_width",
+        )
+
+    def refresh(self) -> None:
+        store = self._monitor.store
+        self.incidents.value = _frame(
+            [
+                {
+                    "agent": i.agent, "state": i.state, "severity": i.severity.value, "rule": i.rule,
+                    "opened": i.opened_at, "notified": i.notified, "folded into": i.root or "",
+                }
+                for i in store.open_incidents()
+            ],
+            self._INCIDENTS,
+        )  # fmt: skip
+        _, rows, _ = store.query(
+            "SELECT \"at\", event, agent, severity, channel, attempts, delivered_at, coalesce(error, '') "
+            'FROM alerts ORDER BY "at" DESC LIMIT 200'
+        )
+        self.deliveries.value = _frame(
+            [dict(zip(self._DELIVERIES, row, strict=True)) for row in rows], self._DELIVERIES
+        )
+        self.silences.value = _frame(
+            [
+                {"id": x["id"], "pattern": x["pattern"], "until": x["ends_at"], "by": x["created_by"],
+                 "reason": x["reason"]}
+                for x in store.silences(datetime.now(UTC))
+            ],
+            self._SILENCES,
+        )  # fmt: skip
+
+
 def dashboard_page(monitor: Monitor, access: DashboardAccess | None = None) -> pn.viewable.Viewable:
     """One browser session's page."""
     access = access or DashboardAccess()
@@ -469,11 +527,13 @@ def dashboard_page(monitor: Monitor, access: DashboardAccess | None = None) -> p
     graph = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["dependency-graph"])
     impact = pn.pane.Markdown(css_classes=["dependency-impact"])
     status = _MonitorStatus(monitor)
+    alerts = _AlertsView(monitor)
     tabs = pn.Tabs(
         ("Fleet", pn.Column("Click a row for the agent's detail.", table, sizing_mode="stretch_width")),
         ("Agent", detail.panel),
         ("History", fleet_history.panel),
         ("Dependencies", pn.Column(impact, graph, sizing_mode="stretch_width")),
+        ("Alerts", alerts.panel),
         ("Monitor", status.pane),
         dynamic=False,
         sizing_mode="stretch_width",
@@ -514,6 +574,8 @@ def dashboard_page(monitor: Monitor, access: DashboardAccess | None = None) -> p
             fleet_history.refresh()
         elif active == "Dependencies":
             refresh_dependencies(current)
+        elif active == "Alerts" and ticks[0] % DETAIL_EVERY == 0:
+            alerts.refresh()
         status.refresh(full=active == "Monitor")
 
     def on_tab(event: Any) -> None:
@@ -524,6 +586,8 @@ def dashboard_page(monitor: Monitor, access: DashboardAccess | None = None) -> p
             fleet_history.refresh()
         elif shown == "Dependencies":
             refresh_dependencies(monitor.list_agents())
+        elif shown == "Alerts":
+            alerts.refresh()
         elif shown == "Monitor":
             status.refresh(full=True)
 

@@ -28,6 +28,7 @@ _COUNTERS = {
     "rows_stored": "health message rows committed to DuckDB",
     "store_errors": "batches that could not be committed",
     "handler_errors": "events the core could not handle",
+    "alert_errors": "alerting steps that failed (the monitor went on)",
 }
 
 
@@ -52,6 +53,11 @@ class _MonitorCollector(Collector):
             "fleetpulse_broker_connected",
             "1 while the monitor is connected to its broker",
             1.0 if self._monitor.connected else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "fleetpulse_alerts_pending",
+            "alert deliveries waiting for their first or next attempt",
+            float(self._monitor.alerting.pending()),
         )
         stats = self._monitor.stats()
         for name, documentation in _COUNTERS.items():

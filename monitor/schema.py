@@ -114,7 +114,57 @@ FROM ordered
 WHERE to_state IN ('degraded', 'unreachable');
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Alerting (issue 5). `alerts` was created empty in v1; it becomes one row per delivery (notification x
+# channel), rewritten after every attempt, with what is needed to resend it after a restart.
+_V2 = """
+DROP TABLE alerts;
+CREATE TABLE alerts (
+    id VARCHAR PRIMARY KEY,          -- delivery id: stable across retries and restarts
+    incident_id VARCHAR NOT NULL,    -- pairs trigger, reminders and resolve
+    agent VARCHAR NOT NULL,          -- or monitor:<id> for the monitor's own incidents
+    "at" TIMESTAMPTZ NOT NULL,       -- when what it reports happened (monitor clock)
+    severity VARCHAR NOT NULL,
+    event VARCHAR NOT NULL,          -- trigger | resolve | flapping | reminder
+    channel VARCHAR NOT NULL,        -- the channel's name, secrets redacted
+    delivered_at TIMESTAMPTZ,
+    attempts INTEGER NOT NULL,
+    error VARCHAR,                   -- the last attempt's error
+    next_attempt_at TIMESTAMPTZ,     -- NULL once delivered or given up
+    gave_up BOOLEAN NOT NULL,
+    payload JSON NOT NULL            -- the webhook body (version 1)
+);
+CREATE TABLE alert_attempts (        -- one row per attempt: the delivery log behind alerts.attempts
+    alert_id VARCHAR NOT NULL,
+    attempt INTEGER NOT NULL,
+    "at" TIMESTAMPTZ NOT NULL,
+    delivered BOOLEAN NOT NULL,
+    error VARCHAR
+);
+CREATE TABLE incidents (
+    incident_id VARCHAR PRIMARY KEY,
+    agent VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,
+    severity VARCHAR NOT NULL,
+    rule VARCHAR NOT NULL,
+    opened_at TIMESTAMPTZ NOT NULL,
+    notified BOOLEAN NOT NULL,       -- false: silenced or folded into another agent's incident
+    root VARCHAR,                    -- the agent whose incident this one was folded into
+    channels VARCHAR[] NOT NULL,
+    closed_at TIMESTAMPTZ            -- NULL while open
+);
+CREATE TABLE silences (
+    id VARCHAR PRIMARY KEY,
+    pattern VARCHAR NOT NULL,        -- glob over agent ids and groups
+    starts_at TIMESTAMPTZ NOT NULL,
+    ends_at TIMESTAMPTZ NOT NULL,
+    reason VARCHAR NOT NULL,
+    created_by VARCHAR NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    removed_at TIMESTAMPTZ           -- ended early by an operator
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import queue
 import sys
 import threading
 import time
+import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from monitor.alert_policy import AlertSettings
+from monitor.alerting import Alerting
 from monitor.fleet import agent_record
 from monitor.health import (
     AgentView,
@@ -34,6 +38,7 @@ from monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Sub
 from monitor.usage import AgentUsage, UsageBook
 from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
 from publisher.protocol import (
+    Command,
     ControlCommand,
     Kind,
     ProtocolError,
@@ -81,6 +86,10 @@ class MonitorConfig:
     # whole fleet late. Detected through paho alone this would take 1.5 x keep-alive (15 s).
     probe_timeout_s: float = 3.0
     gil_switch_interval_s: float = 0.0005
+    alerts: AlertSettings = field(default_factory=AlertSettings)  # rules; built-in defaults (SPEC §3)
+    notify: tuple[str, ...] = ()  # channel URLs for every alert (--notify), besides the rules file's
+    alert_backoff_s: tuple[float, ...] = (1, 2, 5, 15, 60, 300)  # waits between delivery attempts
+    cost_check_interval_s: float = 5.0  # cost policies are evaluated this often
 
 
 class _TokenBucket:
@@ -126,6 +135,9 @@ class Monitor:
         self._core: threading.Thread | None = None
         self.api_url: str | None = None
         self._presence_topic = monitor_status_topic(config.monitor_id)
+        # Channels are built now, so a URL apprise cannot use is an error at startup, not at 3 am.
+        self.alerting = Alerting(config.alerts, config.notify, config.monitor_id, config.alert_backoff_s)
+        self._last_cost_check = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -146,6 +158,7 @@ class Monitor:
             for agent, usage in usage_today(self._store, now).items():
                 self._usage.seed(agent, usage)
         self._store.write(WriteBatch(events=[(now, self.config.monitor_id, "started", self._url.display)]))
+        self.alerting.start(self._store, now)
         self._write_sidecar()
         self._subscriber = Subscriber(
             self._url, self.config.monitor_id, self._events, self._clock, presence={"api": api_url}
@@ -173,6 +186,7 @@ class Monitor:
             self._subscriber.stop()
         self._stopping.set()
         self._core.join(timeout=30)
+        self.alerting.stop()  # what is not delivered yet stays recorded; the next start resumes it
         assert self._store is not None
         self._store.close()
         with contextlib.suppress(FileNotFoundError):
@@ -247,7 +261,11 @@ class Monitor:
         while True:
             events: list[Event] = []
             try:
-                events.append(self._events.get(timeout=0.05))
+                # Wake for the next held will on time, not up to one idle wait after it is due.
+                wait_s = 0.05
+                if self._held_wills:
+                    wait_s = min(wait_s, max(0.0, self._held_wills[0][0] - time.monotonic()))
+                events.append(self._events.get(timeout=wait_s))
                 while len(events) < 20_000:
                     events.append(self._events.get_nowait())
             except queue.Empty:
@@ -261,9 +279,10 @@ class Monitor:
                         _log.exception("monitor: could not handle %r", event)
                         self._stats["handler_errors"] += 1
                 self._release_wills(pending)
-                if self._connected and time.monotonic() - last_tick >= self.config.tick_interval_s:
-                    if self._broker_delivers(pending):
+                if time.monotonic() - last_tick >= self.config.tick_interval_s:
+                    if self._connected and self._broker_delivers(pending):
                         self._tick_all(pending)
+                    self._tick_alerts()  # also while the broker is gone: its own alert may remind
                     last_tick = time.monotonic()
             elapsed_s = time.monotonic() - last_flush
             rows_waiting = len(pending) - len(pending.agents)
@@ -313,17 +332,28 @@ class Monitor:
             # this batch are lost; the agents table is rewritten with the next change of each agent.
             _log.exception("monitor: could not store a batch of %d rows", len(pending))
             self._stats["store_errors"] += 1
+            self._alert(pending.transitions)  # a full disk must not also silence the page
             return carried
         self._stats["flushes"] += 1
         self._stats["rows_stored"] += len(pending.heartbeats)
         if pending.transitions:
             self._stats["transitions"] += len(pending.transitions)
+            self._alert(pending.transitions)  # after the commit: the history holds what an alert reports
             for listener in self._listeners:
                 try:
                     listener(pending.transitions)
                 except Exception:
                     _log.exception("monitor: transition listener failed")
         return carried
+
+    def _alert(self, transitions: list[Transition]) -> None:
+        if not transitions:
+            return
+        try:
+            self.alerting.observe(transitions, self._views, self._clock())
+        except Exception:
+            _log.exception("monitor: alerting failed for a batch of transitions")
+            self._stats["alert_errors"] += 1
 
     def _handle(self, event: Event, pending: WriteBatch) -> None:
         if isinstance(event, Received):
@@ -343,6 +373,7 @@ class Monitor:
             self._ever_connected = True
             self._views = {agent: listening_resumed(view, event.at, reason) for agent, view in self._views.items()}
             pending.events.append((event.at, self.config.monitor_id, "broker_connected", self._url.display))
+            self._alert_broker(back=True, at=event.at)
         elif isinstance(event, BrokerLost):
             if self._shutting_down or not self._connected:
                 return
@@ -353,6 +384,7 @@ class Monitor:
             self._discard_held_wills(pending)
             self._views = {agent: broker_lost(view, event.at) for agent, view in self._views.items()}
             pending.events.append((event.at, self.config.monitor_id, "broker_lost", event.reason))
+            self._alert_broker(back=False, at=event.at, reason=event.reason)
 
     def _handle_own_presence(self, event: Received, pending: WriteBatch) -> None:
         try:
@@ -380,6 +412,7 @@ class Monitor:
                 detail = f"the broker stopped delivering (our probe unanswered for {silent_s:.1f} s)"
                 pending.events.append((now, self.config.monitor_id, "broker_lost", detail))
                 _log.warning("monitor: %s; agents are unknown until it delivers again", detail)
+                self._alert_broker(back=False, at=now, reason=detail)
             return False
         if self._broker_silent:
             self._broker_silent = False
@@ -387,6 +420,7 @@ class Monitor:
             self._views = {agent: listening_resumed(view, now, resumed) for agent, view in self._views.items()}
             pending.events.append((now, self.config.monitor_id, "broker_connected", resumed))
             _log.info("monitor: %s", resumed)
+            self._alert_broker(back=True, at=now)
         return True
 
     def _release_wills(self, pending: WriteBatch) -> None:
@@ -468,6 +502,46 @@ class Monitor:
             return
         prefix = event.payload[:200].decode("utf-8", errors="replace").replace("\x00", "\\0")
         pending.rejected.append((event.received_at, event.topic[:500], reason, prefix))
+
+    def _alert_broker(self, back: bool, at: datetime, reason: str = "") -> None:
+        """One monitor-level alert when the broker is lost, and its resolve; never one per agent."""
+        try:
+            if back:
+                self.alerting.broker_back(at)
+            else:
+                self.alerting.broker_lost(at, reason)
+        except Exception:
+            _log.exception("monitor: alerting failed on a broker event")
+            self._stats["alert_errors"] += 1
+
+    def _usage_now(self, now: datetime) -> dict[str, AgentUsage]:
+        return {agent: usage for agent in self._usage.agents() if (usage := self._usage.get(agent, now))}
+
+    def _tick_alerts(self) -> None:
+        """Reminders, flap releases and, every cost_check_interval_s, cost policies (acting on breaches)."""
+        now = self._clock()
+        check_costs = bool(self.config.alerts.cost_policies) and (
+            time.monotonic() - self._last_cost_check >= self.config.cost_check_interval_s
+        )
+        if check_costs:
+            self._last_cost_check = time.monotonic()
+        usage = functools.partial(self._usage_now, now) if check_costs else None
+        try:
+            breaches = self.alerting.tick(self._views, usage, now)
+        except Exception:
+            _log.exception("monitor: alerting tick failed")
+            self._stats["alert_errors"] += 1
+            return
+        for breach in breaches:
+            if breach.action in ("pause", "kill"):
+                command = ControlCommand(
+                    command=Command(breach.action),
+                    id=uuid.uuid4().hex,
+                    issued_by=f"cost-policy:{breach.policy}",
+                    reason=breach.notification.reason,
+                )
+                self.send_command(command, agent=breach.agent)
+                _log.warning("monitor: %s %s: %s", breach.action, breach.agent, breach.notification.reason)
 
     def _tick_all(self, pending: WriteBatch) -> None:
         now = self._clock()

@@ -14,11 +14,23 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from monitor.alert_policy import OpenIncident, Silence
+from monitor.alerts import DeliveryRecord
 from monitor.health import AgentView, State, Transition
+from monitor.notification import Severity
 from monitor.schema import migrate
 from publisher.protocol import HealthMessage, ReportedStatus
 
 __all__ = ["ReadOnlyViolation", "Store", "StoreLocked", "WriteBatch", "check_read_only"]
+
+ALERT_COLUMNS = (
+    "id", "incident_id", "agent", "at", "severity", "event", "channel", "delivered_at", "attempts", "error",
+    "next_attempt_at", "gave_up", "payload",
+)  # fmt: skip
+INCIDENT_COLUMNS = (
+    "incident_id", "agent", "state", "severity", "rule", "opened_at", "notified", "root", "channels", "closed_at",
+)  # fmt: skip
+SILENCE_COLUMNS = ("id", "pattern", "starts_at", "ends_at", "reason", "created_by", "created_at", "removed_at")
 
 HEARTBEAT_COLUMNS = (
     "agent", "session", "seq", "kind", "received_at", "sent_at", "status", "reason", "ok", "failed",
@@ -279,6 +291,104 @@ class Store:
         columns, rows, _ = self.query(
             f"SELECT agent, state, started_at, ended_at, duration_s FROM outages {where} ORDER BY started_at DESC",
             parameters,
+            limit=1_000_000,
+        )
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    # -- alerting ----------------------------------------------------------------------------------
+
+    def _upsert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        with self._write_lock:
+            self._connection.execute("BEGIN TRANSACTION")
+            try:
+                self._append(table, columns, rows, replace=True)
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+
+    def record_delivery(self, record: DeliveryRecord, at: datetime) -> None:
+        """One `alerts` row as it stands after an attempt, and the attempt in `alert_attempts` (delivery threads)."""
+        row = (
+            record.id, record.incident_id, record.agent, record.at, record.severity, record.event, record.channel,
+            record.delivered_at, record.attempts, record.error, record.next_attempt_at, record.gave_up,
+            record.payload,
+        )  # fmt: skip
+        with self._write_lock:
+            self._connection.execute("BEGIN TRANSACTION")
+            try:
+                self._append("alerts", ALERT_COLUMNS, [row], replace=True)
+                if record.attempts > 0 and (record.error is not None or record.delivered_at is not None):
+                    attempt = (record.id, record.attempts, at, record.delivered_at is not None, record.error)
+                    self._append("alert_attempts", ("alert_id", "attempt", "at", "delivered", "error"), [attempt])
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+
+    def pending_deliveries(self) -> list[DeliveryRecord]:
+        """Deliveries neither done nor given up: what a restarted monitor must still send."""
+        quoted = ", ".join(f'"{c}"' for c in ALERT_COLUMNS)
+        _, rows, _ = self.query(
+            f'SELECT {quoted} FROM alerts WHERE delivered_at IS NULL AND NOT gave_up ORDER BY "at"', limit=1_000_000
+        )
+        return [DeliveryRecord(**dict(zip(ALERT_COLUMNS, row, strict=True))) for row in rows]
+
+    def save_incidents(self, opened_or_changed: Sequence[OpenIncident], closed: Sequence[str], at: datetime) -> None:
+        """Keep the open incidents current: changed ones rewritten, closed ones stamped with `at`."""
+        rows: list[tuple[Any, ...]] = [
+            (i.incident_id, i.agent, i.state, i.severity.value, i.rule, i.opened_at, i.notified, i.root,
+             list(i.channels), None)
+            for i in opened_or_changed
+        ]  # fmt: skip
+        if closed:
+            quoted = ", ".join(f'"{c}"' for c in INCIDENT_COLUMNS if c != "closed_at")
+            _, old, _ = self.query(
+                f"SELECT {quoted} FROM incidents WHERE incident_id IN (SELECT unnest($ids))", {"ids": list(closed)}
+            )
+            rows.extend((*row, at) for row in old)
+        if rows:
+            self._upsert("incidents", INCIDENT_COLUMNS, rows)
+
+    def open_incidents(self) -> list[OpenIncident]:
+        quoted = ", ".join(f'"{c}"' for c in INCIDENT_COLUMNS if c != "closed_at")
+        _, rows, _ = self.query(f"SELECT {quoted} FROM incidents WHERE closed_at IS NULL", limit=1_000_000)
+        names = [c for c in INCIDENT_COLUMNS if c != "closed_at"]
+        incidents = []
+        for row in rows:
+            fields = dict(zip(names, row, strict=True))
+            fields["severity"], fields["channels"] = Severity(fields["severity"]), tuple(fields["channels"] or ())
+            incidents.append(OpenIncident(**fields))
+        return incidents
+
+    def add_silence(self, silence: Silence, created_at: datetime) -> None:
+        row = (
+            silence.id, silence.pattern, silence.starts_at, silence.ends_at, silence.reason, silence.created_by,
+            created_at, None,
+        )  # fmt: skip
+        self._upsert("silences", SILENCE_COLUMNS, [row])
+
+    def remove_silence(self, silence_id: str, at: datetime) -> bool:
+        """End a silence now; False if there is no such silence still in force."""
+        with self._write_lock:
+            cursor = self._connection.cursor()
+            try:
+                found = cursor.execute(
+                    "UPDATE silences SET removed_at = $at WHERE id = $id AND removed_at IS NULL AND ends_at > $at "
+                    "RETURNING id",
+                    {"at": at, "id": silence_id},
+                ).fetchall()
+            finally:
+                cursor.close()
+        return bool(found)
+
+    def silences(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Silences in force at `now` (or every silence ever, newest first, when `now` is None)."""
+        quoted = ", ".join(f'"{c}"' for c in SILENCE_COLUMNS)
+        where = "WHERE removed_at IS NULL AND starts_at <= $now AND ends_at > $now" if now is not None else ""
+        columns, rows, _ = self.query(
+            f"SELECT {quoted} FROM silences {where} ORDER BY created_at DESC",
+            {"now": now} if now is not None else None,
             limit=1_000_000,
         )
         return [dict(zip(columns, row, strict=True)) for row in rows]

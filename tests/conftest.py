@@ -21,6 +21,7 @@ from broker import EmbeddedBroker
 from broker.mosquitto import MosquittoProcess
 from broker.netutil import free_port
 from publisher.protocol import HealthMessage, ProtocolError, parse_health
+from tests.http_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = bool(os.environ.get("CI"))
@@ -174,3 +175,18 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         process.wait(timeout=10)
         if process.stdout:
             process.stdout.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def receiver_down() -> Iterator[Receiver]:
+    """A receiver whose port nobody listens on yet: connections are refused until the test starts it."""
+    down = Receiver()
+    yield down
+    down.stop()

@@ -21,6 +21,7 @@ import pytest
 
 from broker.netutil import free_port
 from tests.conftest import IN_CI, ROOT, require_tool
+from tests.http_receiver import Receiver
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM_ARGS = [
@@ -56,10 +57,10 @@ def _sync_playwright() -> Any:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    """`fleetpulse up --demo 3` on free ports (demo-2 and demo-3 depend on demo-1), plus any extra arguments."""
+def fleet(tmp_path: Path, request: pytest.FixtureRequest, receiver: Receiver) -> Iterator[Fleet]:
+    """`fleetpulse up --demo 3` on free ports (demo-2 and demo-3 depend on demo-1), alerting to `receiver`."""
     http_port = free_port()
-    extra = getattr(request, "param", [])
+    extra = [*getattr(request, "param", []), "--notify", receiver.url]
     up = subprocess.Popen(
         [sys.executable, "-m", "monitor.cli", "up", "--demo", "3", "--port", str(free_port()),
          "--dashboard-port", str(http_port), "--db", str(tmp_path / "fleet.duckdb"), *extra],
@@ -169,6 +170,21 @@ def test_the_dependency_view_names_the_root_cause(fleet: Fleet, browser: Any) ->
     os.kill(fleet.pids["demo-1"], signal.SIGKILL)
     page.get_by_text("demo-1 is unreachable; impacted: demo-2 (healthy), demo-3 (healthy)").wait_for()
     page.locator('.dependency-node[data-agent="demo-1"][data-state="unreachable"]').wait_for()
+
+
+@pytest.mark.timeout(120)
+def test_the_alerts_view_shows_the_incident_and_its_delivery(fleet: Fleet, browser: Any, receiver: Receiver) -> None:
+    os.kill(fleet.pids["demo-3"], signal.SIGKILL)
+    assert _eventually(lambda: [b["event"] for b in receiver.delivered()] == ["trigger"])
+    page = _page(browser, fleet.url)
+    page.get_by_text("2/3 healthy (1 unreachable)").wait_for(timeout=30_000)
+    page.locator(".bk-tab", has_text="Alerts").click()
+    incidents = page.locator(".tabulator", has_text="folded into")
+    incidents.get_by_text("demo-3").wait_for()
+    assert incidents.get_by_text("critical").count() == 1
+    deliveries = page.locator(".tabulator", has_text="attempts")
+    deliveries.get_by_text("trigger").wait_for()
+    assert deliveries.get_by_text("127.0.0.1").count() == 1  # the channel, by its (redacted) name
 
 
 @pytest.mark.timeout(120)

@@ -71,6 +71,7 @@ def test_metrics_in_prometheus_text(amqtt_broker: BrokerProcess, serving: tuple[
     assert 'fleetpulse_agent_up{agent="scraped",group="web"} 1.0' in text
     assert "fleetpulse_broker_connected 1.0" in text
     assert "fleetpulse_received_total" in text and "fleetpulse_rejected_total 0.0" in text
+    assert "fleetpulse_alerts_pending 0.0" in text
 
 
 @pytest.mark.parametrize("serving", [("127.0.0.1", ApiAuth(token=TOKEN))], indirect=True)

@@ -116,3 +116,25 @@ def test_broker_command_serves_until_sigterm() -> None:
             broker.wait()
         assert broker.stderr is not None
         assert "listening on mqtt://127.0.0.1:" in broker.stderr.read()
+
+
+def test_silences_from_the_command_line_without_a_monitor(tmp_path: Path) -> None:
+    db = str(tmp_path / "quiet.duckdb")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args, "--db", db], capture_output=True, text=True, timeout=60)
+
+    added = run("silence", "refund-*", "--for", "2h", "--reason", "planned migration")
+    assert added.returncode == 0, added.stderr
+    silence_id = re.search(r"silence (\w+) for 'refund-\*'", added.stdout)
+    assert silence_id, added.stdout
+    listed = run("silences")
+    assert "refund-*" in listed.stdout and "planned migration" in listed.stdout
+    for bad in (["--for", "soon", "--reason", "x"], ["--for", "2h", "--reason", "  "]):
+        refused = run("silence", "x-*", *bad)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert run("unsilence", silence_id[1]).returncode == 0
+    assert "no silences in force" in run("silences").stdout
+    assert "(removed)" in run("silences", "--all").stdout
+    assert run("unsilence", silence_id[1]).returncode == 2

@@ -55,24 +55,6 @@ def rows(monitor: Monitor, sql: str, *parameters: Any) -> list[tuple[Any, ...]]:
     return monitor.store.query(sql, list(parameters))[1]
 
 
-@pytest.fixture
-def monitor_factory(tmp_path: Path) -> Iterator[MonitorFactory]:
-    monitors: list[Monitor] = []
-
-    def make(broker: BrokerProcess, db: Path | None = None, **overrides: Any) -> Monitor:
-        config = MonitorConfig(
-            broker=broker.url, db_path=db or tmp_path / "fleet.duckdb", tick_interval_s=0.1, **overrides
-        )
-        monitor = Monitor(config).start()
-        monitors.append(monitor)
-        eventually(lambda: monitor.connected)
-        return monitor
-
-    yield make
-    for monitor in monitors:
-        monitor.stop()
-
-
 def test_kill_9_opens_one_outage_and_a_restart_closes_it(
     any_broker: BrokerProcess, monitor_factory: MonitorFactory, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:

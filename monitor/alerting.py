@@ -1,0 +1,201 @@
+"""The alerting shell: the pure policy's decisions become deliveries; incidents and silences are kept in DuckDB.
+
+The monitor's core thread calls `observe`, `tick`, `broker_lost` and `broker_back`; API threads call the
+silence methods. Delivery happens on the dispatcher's own threads, so nothing here waits for a channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from monitor.alert_policy import AlertPolicy, AlertSettings, CostBreach, CostUsage, OpenIncident, Silence
+from monitor.alerts import Dispatcher
+from monitor.channels import Channel, channel_for
+from monitor.health import AgentView
+from monitor.notification import Notification
+from monitor.store import Store
+from monitor.usage import AgentUsage
+
+__all__ = ["Alerting", "build_channels", "new_silence"]
+
+_log = logging.getLogger("fleetpulse.alerts")
+
+
+def build_channels(urls: Sequence[str]) -> dict[str, Channel]:
+    """One channel per distinct URL, keyed by the URL (ValueError now, at startup, for a URL apprise refuses)."""
+    channels: dict[str, Channel] = {}
+    for url in urls:
+        if url not in channels:
+            channels[url] = channel_for(url)
+    return channels
+
+
+def new_silence(pattern: str, duration_s: float, reason: str, created_by: str, now: datetime) -> Silence:
+    """A checked silence from now for `duration_s` (ValueError with what to fix)."""
+    if not pattern or len(pattern) > 256:
+        raise ValueError("a silence needs a glob pattern of 1-256 characters (e.g. 'refund-*')")
+    if not 0 < duration_s <= 366 * 86_400:
+        raise ValueError("a silence lasts more than 0 seconds and at most a year (--for 2h)")
+    if not reason.strip():
+        raise ValueError("say why (--reason): the next person on call will want to know")
+    return Silence(
+        id=uuid.uuid4().hex[:12],
+        pattern=pattern,
+        starts_at=now,
+        ends_at=now + timedelta(seconds=duration_s),
+        reason=reason.strip(),
+        created_by=created_by,
+    )
+
+
+class Alerting:
+    """Policy plus dispatcher plus persistence, for one monitor."""
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        notify: Sequence[str],
+        monitor_id: str,
+        backoff_s: Sequence[float] = (1, 2, 5, 15, 60, 300),
+    ) -> None:
+        self.settings = settings
+        self.channels = build_channels([*settings.notify, *notify])
+        self._policy = AlertPolicy(settings, monitor_id)
+        self._lock = threading.Lock()  # the policy is used from the core thread and, for silences, API threads
+        self._backoff_s = tuple(backoff_s)
+        self._dispatcher: Dispatcher | None = None
+        self._store: Store | None = None
+        self._persisted: dict[str, OpenIncident] = {}
+
+    def start(self, store: Store, now: datetime) -> None:
+        """Restore open incidents and silences, re-queue undelivered alerts, start delivering."""
+        self._store = store
+        with self._lock:
+            incidents = store.open_incidents()
+            self._policy.restore(incidents)
+            self._persisted = {incident.incident_id: incident for incident in incidents}
+            self._load_silences(now)
+        # The default channels are the configured ones, keyed by URL; a rule's own URL is built on first use.
+        self._dispatcher = Dispatcher(self.channels, record=self._record, backoff_s=self._backoff_s)
+        pending = store.pending_deliveries()
+        self._dispatcher.resume(pending)
+        self._dispatcher.start()
+        names = ", ".join(channel.name for channel in self.channels.values()) or "none (add --notify URL)"
+        _log.info(
+            "alerts: channels %s; %d open incident(s) and %d undelivered alert(s) resumed",
+            names,
+            len(incidents),
+            len(pending),
+        )
+
+    def stop(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+
+    def pending(self) -> int:
+        """Deliveries waiting for their first or next attempt."""
+        return self._dispatcher.pending() if self._dispatcher is not None else 0
+
+    def _record(self, record: Any) -> None:
+        assert self._store is not None
+        self._store.record_delivery(record, datetime.now(UTC))
+
+    # -- called by the core thread -----------------------------------------------------------------
+
+    def observe(self, transitions: Sequence[Any], views: Mapping[str, AgentView], now: datetime) -> None:
+        with self._lock:
+            self._send(self._policy.observe(transitions, views, now), now)
+
+    def tick(
+        self,
+        views: Mapping[str, AgentView],
+        usage: Callable[[], Mapping[str, AgentUsage]] | None,
+        now: datetime,
+    ) -> list[CostBreach]:
+        """Reminders and flap releases; with `usage` (only when cost policies exist), the cost breaches to act on."""
+        with self._lock:
+            self._send(self._policy.tick(views, now), now)
+            if usage is None or not self.settings.cost_policies:
+                return []
+            spent = {
+                agent: CostUsage(
+                    day=figures.day,
+                    cost_day_usd=figures.cost_today_usd,
+                    hour=figures.hour,
+                    cost_hour_usd=figures.cost_hour_usd,
+                )
+                for agent, figures in usage().items()
+            }
+            breaches = self._policy.costs(spent, views, now)
+            self._send([breach.notification for breach in breaches], now)
+            return breaches
+
+    def broker_lost(self, now: datetime, reason: str) -> None:
+        with self._lock:
+            self._send(self._policy.broker_lost(now, reason), now)
+
+    def broker_back(self, now: datetime) -> None:
+        with self._lock:
+            self._send(self._policy.broker_back(now), now)
+
+    def _send(self, notifications: Sequence[Notification], now: datetime) -> None:
+        assert self._dispatcher is not None, "alerting not started"
+        for notification in notifications:
+            _log.info("alert: %s %s", notification.event, notification.summary())
+            self._dispatcher.submit(notification)
+        self._persist_incidents(now)
+
+    def _persist_incidents(self, now: datetime) -> None:
+        current = {incident.incident_id: incident for incident in self._policy.open_incidents()}
+        if current == self._persisted:
+            return
+        changed = [incident for key, incident in current.items() if self._persisted.get(key) != incident]
+        closed = [key for key in self._persisted if key not in current]
+        assert self._store is not None
+        try:
+            self._store.save_incidents(changed, closed, now)
+        except Exception:
+            # The alerts themselves went out; only the restart memory of these incidents is behind. Retried
+            # with the next change, as _persisted still holds the old picture.
+            _log.exception("alerts: could not store the open incidents")
+            return
+        self._persisted = current
+
+    # -- silences, from any thread -----------------------------------------------------------------
+
+    def _load_silences(self, now: datetime) -> None:
+        assert self._store is not None
+        self._policy.set_silences(
+            [
+                Silence(
+                    id=row["id"],
+                    pattern=row["pattern"],
+                    starts_at=row["starts_at"],
+                    ends_at=row["ends_at"],
+                    reason=row["reason"],
+                    created_by=row["created_by"],
+                )
+                for row in self._store.silences(now)
+            ]
+        )
+
+    def add_silence(self, pattern: str, duration_s: float, reason: str, created_by: str, now: datetime) -> Silence:
+        """Silence agents (or groups) matching the glob `pattern` from now for `duration_s`; stored, then in force."""
+        silence = new_silence(pattern, duration_s, reason, created_by, now)
+        assert self._store is not None
+        self._store.add_silence(silence, now)
+        with self._lock:
+            self._load_silences(now)
+        return silence
+
+    def remove_silence(self, silence_id: str, now: datetime) -> bool:
+        assert self._store is not None
+        removed = self._store.remove_silence(silence_id, now)
+        with self._lock:
+            self._load_silences(now)
+        return removed
