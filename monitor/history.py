@@ -25,37 +25,15 @@ __all__ = [
     "usage_today",
 ]
 
-# Every agent's stays in each state, unclipped. The first state after an agent was first seen is no
-# transition (nothing changed from a known state), so it comes from the agents table: the from_state
-# of its first transition, or its state if it has none. (The `outages` view reads transitions only,
-# so it misses an outage an agent was already in when first seen; these functions don't.)
-_ORDERED = """
-WITH changes AS (
-    SELECT agent, "at", id, to_state AS state, reason FROM transitions
-    UNION ALL
-    SELECT a.agent, a.first_seen AS "at", -1 AS id, coalesce(f.first_state, a.state) AS state, 'first seen' AS reason
-    FROM agents a LEFT JOIN (
-        SELECT agent, arg_min(from_state, "at") AS first_state FROM transitions GROUP BY agent
-    ) f ON f.agent = a.agent
-    WHERE a.first_seen IS NOT NULL
-),
-ordered AS (
-    SELECT agent, state, reason, "at" AS started_at,
-           LEAD("at") OVER (PARTITION BY agent ORDER BY "at", id) AS next_at
-    FROM changes {where}
-)
-"""
-# The same stays clipped to the window [$since, $until): a stay that began earlier still counts.
-_STAYS = (
-    _ORDERED
-    + """
+# The views of monitor/schema.py (v3) hold the definitions: `fleet_timeline` (gap-aware stays),
+# `outages`, `reliability(since, until)`. These functions clip them to a window.
+_STAYS = """
 SELECT agent, state, reason,
        greatest(started_at, $since) AS started_at,
-       least(coalesce(next_at, $until), $until) AS ended_at
-FROM ordered
-WHERE coalesce(next_at, $until) > $since AND started_at < $until
+       least(coalesce(ended_at, $until), $until) AS ended_at
+FROM fleet_timeline
+WHERE coalesce(ended_at, $until) > $since AND started_at < $until {and_agent}
 """
-)
 
 
 def _rows(store: Store, sql: str, parameters: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
@@ -65,11 +43,11 @@ def _rows(store: Store, sql: str, parameters: dict[str, Any] | list[Any]) -> lis
 
 def stays(store: Store, since: datetime, until: datetime, agent: str | None = None) -> list[dict[str, Any]]:
     """Every agent's (or one agent's) stays in each state within [since, until): agent, state, reason, bounds."""
-    where = "WHERE agent = $agent" if agent is not None else ""
+    and_agent = "AND agent = $agent" if agent is not None else ""
     parameters: dict[str, Any] = {"since": since, "until": until}
     if agent is not None:
         parameters["agent"] = agent
-    return _rows(store, _STAYS.format(where=where) + " ORDER BY agent, started_at", parameters)
+    return _rows(store, _STAYS.format(and_agent=and_agent) + " ORDER BY agent, started_at", parameters)
 
 
 def availability(store: Store, since: datetime, until: datetime) -> dict[str, float]:
@@ -83,7 +61,7 @@ def availability(store: Store, since: datetime, until: datetime) -> dict[str, fl
                sum(epoch(ended_at) - epoch(started_at)) FILTER (WHERE state = 'healthy') AS healthy_s,
                sum(epoch(ended_at) - epoch(started_at))
                    FILTER (WHERE state NOT IN ('killed', 'unknown')) AS observed_s
-        FROM ({_STAYS.format(where="")}) GROUP BY agent
+        FROM ({_STAYS.format(and_agent="")}) GROUP BY agent
     """
     result: dict[str, float] = {}
     for row in _rows(store, sql, {"since": since, "until": until}):
@@ -93,18 +71,11 @@ def availability(store: Store, since: datetime, until: datetime) -> dict[str, fl
 
 
 def mttr(store: Store, since: datetime, until: datetime) -> list[dict[str, Any]]:
-    """Per agent: outages (degraded or unreachable stays) that began in the window, how many ended, mean repair time."""
-    sql = (
-        _ORDERED.format(where="")
-        + """
-        SELECT agent, count(*) AS outages, count(next_at) AS recovered,
-               avg(epoch(next_at) - epoch(started_at)) FILTER (WHERE next_at IS NOT NULL) AS mttr_s,
-               sum(epoch(least(coalesce(next_at, $until), $until)) - epoch(started_at)) AS down_s
-        FROM ordered
-        WHERE state IN ('degraded', 'unreachable') AND started_at >= $since AND started_at < $until
-        GROUP BY agent ORDER BY down_s DESC, agent
+    """Per agent: outages begun in the window, how many ended, mean repair time, observed downtime, MTBF."""
+    sql = """
+        SELECT agent, outages, recovered, mttr_s, downtime_s AS down_s, mtbf_s
+        FROM reliability($since, $until) WHERE outages > 0 ORDER BY down_s DESC, agent
     """
-    )
     return _rows(store, sql, {"since": since, "until": until})
 
 

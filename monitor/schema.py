@@ -164,7 +164,208 @@ CREATE TABLE silences (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# History views (issue 6). Time the monitor did not watch is a gap: between a monitor's last sign of
+# life (its `stopped` event, or for a crash its last `alive` beat, written every ALIVE_EVERY_S) and its
+# next `started`, and while it had lost its broker. Gaps count neither as outage nor as uptime.
+_V3 = """
+-- `incidents` is the history view below (outages by root cause); alerting's open incidents move aside.
+ALTER TABLE incidents RENAME TO alert_incidents;
+
+CREATE OR REPLACE VIEW monitor_gaps AS
+WITH life AS (
+    SELECT "at", monitor_id, event, LAG("at") OVER (PARTITION BY monitor_id ORDER BY "at") AS previous_at
+    FROM monitor_events
+),
+broker AS (
+    SELECT "at", monitor_id, event, LEAD("at") OVER (PARTITION BY monitor_id ORDER BY "at") AS next_at
+    FROM monitor_events WHERE event IN ('broker_lost', 'broker_connected', 'stopped', 'started')
+)
+SELECT monitor_id, previous_at AS started_at, "at" AS ended_at, 'monitor down' AS kind
+FROM life WHERE event = 'started' AND previous_at IS NOT NULL
+UNION ALL
+SELECT monitor_id, "at" AS started_at, next_at AS ended_at, 'broker lost' AS kind
+FROM broker WHERE event = 'broker_lost';
+
+-- Every agent's stays in each state, gap-aware: a gap is a stay in 'unknown' (reason 'monitor down' or
+-- 'broker lost'), after which the state held before it resumes until the next transition says otherwise.
+-- The first state after an agent was first seen is no transition row: it is the from_state of its first
+-- transition, or its state if it never changed.
+CREATE OR REPLACE VIEW fleet_timeline AS
+WITH known AS (
+    SELECT agent, "at", id AS ordinal, to_state AS state, reason FROM transitions
+    UNION ALL
+    SELECT a.agent, a.first_seen, -1, coalesce(f.first_state, a.state), 'first seen'
+    FROM agents a LEFT JOIN (
+        SELECT agent, arg_min(from_state, "at") AS first_state FROM transitions GROUP BY agent
+    ) f ON f.agent = a.agent
+    WHERE a.first_seen IS NOT NULL
+),
+gaps AS (
+    SELECT DISTINCT started_at, ended_at, kind FROM monitor_gaps WHERE ended_at IS NULL OR ended_at > started_at
+),
+gap_starts AS (
+    SELECT a.agent, g.started_at AS "at", 9e18::BIGINT AS ordinal, 'unknown' AS state, g.kind AS reason
+    FROM agents a JOIN gaps g ON a.first_seen < g.started_at
+),
+gap_ends AS (
+    SELECT k.agent, g.ended_at AS "at", -2 AS ordinal, k.state, 'resumed after ' || g.kind AS reason
+    FROM gaps g JOIN agents a ON a.first_seen < g.started_at
+    ASOF JOIN known k ON k.agent = a.agent AND k."at" <= g.started_at
+    WHERE g.ended_at IS NOT NULL
+),
+changes AS (
+    SELECT * FROM known UNION ALL SELECT * FROM gap_starts UNION ALL SELECT * FROM gap_ends
+)
+SELECT agent, state, reason, "at" AS started_at,
+       LEAD("at") OVER (PARTITION BY agent ORDER BY "at", ordinal) AS ended_at
+FROM changes;
+
+-- One row per stay in degraded or unreachable (SPEC §4). duration_s counts observed time only: the part
+-- of an outage that fell into a monitor gap is unobserved_s, never downtime. Open: ended_at NULL.
+CREATE OR REPLACE VIEW outages AS
+WITH known AS (
+    SELECT agent, "at", id AS ordinal, to_state AS state FROM transitions
+    UNION ALL
+    SELECT a.agent, a.first_seen, -1, coalesce(f.first_state, a.state)
+    FROM agents a LEFT JOIN (
+        SELECT agent, arg_min(from_state, "at") AS first_state FROM transitions GROUP BY agent
+    ) f ON f.agent = a.agent
+    WHERE a.first_seen IS NOT NULL
+),
+stays AS (
+    SELECT agent, state, "at" AS started_at, LEAD("at") OVER (PARTITION BY agent ORDER BY "at", ordinal) AS ended_at
+    FROM known
+),
+bad AS (
+    SELECT agent, state, started_at, ended_at,
+           epoch(coalesce(ended_at, current_timestamp)) - epoch(started_at) AS wall_s
+    FROM stays WHERE state IN ('degraded', 'unreachable')
+),
+hidden AS (
+    SELECT b.agent, b.started_at,
+           sum(greatest(0, epoch(least(coalesce(b.ended_at, current_timestamp),
+                                       coalesce(g.ended_at, current_timestamp)))
+                          - epoch(greatest(b.started_at, g.started_at)))) AS unobserved_s
+    FROM bad b JOIN (SELECT DISTINCT started_at, ended_at FROM monitor_gaps) g
+      ON g.started_at < coalesce(b.ended_at, current_timestamp)
+     AND coalesce(g.ended_at, current_timestamp) > b.started_at
+    GROUP BY ALL
+)
+SELECT b.agent, b.state, b.started_at, b.ended_at,
+       b.wall_s - coalesce(h.unobserved_s, 0) AS duration_s,
+       coalesce(h.unobserved_s, 0) AS unobserved_s
+FROM bad b LEFT JOIN hidden h ON h.agent = b.agent AND h.started_at = b.started_at;
+
+-- Per agent and UTC day: time healthy, time down (degraded or unreachable), and uptime over the observed
+-- time (healthy + down; killed = stopped on purpose, unknown = not watched, neither counts).
+CREATE OR REPLACE VIEW availability_daily AS
+WITH clipped AS (
+    SELECT t.agent, t.state, d.day,
+           epoch(least(coalesce(t.ended_at, current_timestamp), d.day + INTERVAL 1 DAY))
+             - epoch(greatest(t.started_at, d.day)) AS seconds
+    FROM fleet_timeline t,
+         LATERAL (SELECT unnest(range(date_trunc('day', t.started_at),
+                                      coalesce(t.ended_at, current_timestamp), INTERVAL 1 DAY)) AS day) d
+)
+SELECT agent, CAST(day AS DATE) AS day,
+       sum(seconds) FILTER (WHERE state = 'healthy') AS uptime_s,
+       coalesce(sum(seconds) FILTER (WHERE state IN ('degraded', 'unreachable')), 0) AS downtime_s,
+       coalesce(sum(seconds) FILTER (WHERE state = 'unknown'), 0) AS unobserved_s,
+       coalesce(sum(seconds) FILTER (WHERE state = 'healthy'), 0)
+         / nullif(sum(seconds) FILTER (WHERE state IN ('healthy', 'degraded', 'unreachable')), 0) AS uptime_ratio
+FROM clipped WHERE seconds > 0
+GROUP BY ALL;
+
+-- Outages grouped by root cause: an outage of an agent that depends_on (directly or further down) an
+-- agent whose outage was under way when it began belongs to that agent's incident.
+CREATE OR REPLACE VIEW incidents AS
+WITH RECURSIVE o AS (
+    SELECT agent, state, started_at, ended_at, duration_s,
+           agent || '/' || strftime(started_at, '%Y%m%dT%H%M%S') AS outage_id
+    FROM outages
+),
+parent AS (
+    SELECT c.outage_id, min_by(p.outage_id, p.started_at) AS parent_id
+    FROM o c JOIN agents a ON a.agent = c.agent
+    JOIN o p ON list_contains(a.depends_on, p.agent)
+            AND p.started_at <= c.started_at AND coalesce(p.ended_at, 'infinity'::TIMESTAMPTZ) > c.started_at
+    GROUP BY c.outage_id
+),
+root(outage_id, root_id, depth) AS (
+    SELECT outage_id, outage_id, 0 FROM o WHERE outage_id NOT IN (SELECT outage_id FROM parent)
+    UNION ALL
+    SELECT p.outage_id, r.root_id, r.depth + 1 FROM parent p JOIN root r ON p.parent_id = r.outage_id
+    WHERE r.depth < 64
+)
+SELECT r.root_id AS incident_id,
+       arg_min(o.agent, o.started_at) AS root_agent,
+       min(o.started_at) AS started_at,
+       CASE WHEN count(*) = count(o.ended_at) THEN max(o.ended_at) END AS ended_at,
+       epoch(coalesce(CASE WHEN count(*) = count(o.ended_at) THEN max(o.ended_at) END, current_timestamp))
+         - epoch(min(o.started_at)) AS duration_s,
+       list(DISTINCT o.agent ORDER BY o.agent) AS agents,
+       count(DISTINCT o.agent) - 1 AS impacted
+FROM root r JOIN o ON o.outage_id = r.outage_id
+GROUP BY r.root_id;
+
+-- Cost and tokens per agent and UTC day, with the per-model split as a map of model -> USD.
+CREATE OR REPLACE VIEW cost_daily_by_model AS
+SELECT h.agent, CAST(date_trunc('day', h.received_at) AS DATE) AS day, m.key AS model,
+       sum(CAST(json_extract(m.value, '$.cost_usd') AS DOUBLE)) AS cost_usd,
+       sum(CAST(json_extract(m.value, '$.tokens_in') AS BIGINT)) AS tokens_in,
+       sum(CAST(json_extract(m.value, '$.tokens_out') AS BIGINT)) AS tokens_out
+FROM heartbeats h, json_each(h.by_model) m
+GROUP BY ALL;
+
+CREATE OR REPLACE VIEW cost_daily AS
+WITH totals AS (
+    SELECT agent, CAST(date_trunc('day', received_at) AS DATE) AS day,
+           coalesce(sum(cost_usd), 0) AS cost_usd, coalesce(sum(tokens_in), 0) AS tokens_in,
+           coalesce(sum(tokens_out), 0) AS tokens_out, coalesce(sum(ok), 0) AS tasks_ok,
+           coalesce(sum(failed), 0) AS tasks_failed
+    FROM heartbeats GROUP BY ALL
+)
+SELECT t.*, coalesce(m.by_model, MAP {}) AS by_model
+FROM totals t LEFT JOIN (
+    SELECT agent, day, map(list(model ORDER BY model), list(cost_usd ORDER BY model)) AS by_model
+    FROM cost_daily_by_model GROUP BY ALL
+) m ON m.agent = t.agent AND m.day = t.day;
+
+-- MTTR and MTBF per agent over a window: SELECT * FROM reliability(TIMESTAMPTZ '2026-11-01', now()).
+-- MTTR: mean observed duration of the outages that began in the window and have ended (also if after
+-- it); MTBF: observed healthy time in the window per outage begun in it (NULL without an outage).
+CREATE OR REPLACE MACRO reliability(since, until) AS TABLE
+WITH up AS (
+    SELECT agent,
+           sum(epoch(least(coalesce(ended_at, current_timestamp), until)) - epoch(greatest(started_at, since)))
+             FILTER (WHERE state = 'healthy') AS uptime_s
+    FROM fleet_timeline
+    WHERE coalesce(ended_at, current_timestamp) > since AND started_at < until
+    GROUP BY agent
+),
+down AS (
+    SELECT agent, count(*) AS outages, count(ended_at) AS recovered,
+           avg(duration_s) FILTER (WHERE ended_at IS NOT NULL) AS mttr_s,
+           -- an outage still going at `until` counts up to `until` (gap time excluded all the same)
+           sum(least(duration_s, epoch(least(coalesce(ended_at, current_timestamp), until)) - epoch(started_at)))
+             AS downtime_s
+    FROM outages WHERE started_at >= since AND started_at < until
+    GROUP BY agent
+)
+SELECT coalesce(u.agent, d.agent) AS agent, coalesce(d.outages, 0) AS outages,
+       coalesce(d.recovered, 0) AS recovered, d.mttr_s, coalesce(d.downtime_s, 0) AS downtime_s,
+       coalesce(u.uptime_s, 0) AS uptime_s,
+       coalesce(u.uptime_s, 0) / nullif(d.outages, 0) AS mtbf_s
+FROM up u FULL JOIN down d ON d.agent = u.agent;
+
+CREATE OR REPLACE MACRO mttr(since, until) AS TABLE
+SELECT agent, outages, recovered, mttr_s FROM reliability(since, until);
+
+CREATE OR REPLACE MACRO mtbf(since, until) AS TABLE
+SELECT agent, outages, uptime_s, mtbf_s FROM reliability(since, until);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -82,7 +82,7 @@ class WriteBatch:
     agents: dict[str, AgentView] = field(default_factory=dict)
     rejected: list[tuple[datetime, str, str, str]] = field(default_factory=list)
     commands: list[tuple[str, datetime, str, str, str, str]] = field(default_factory=list)
-    events: list[tuple[datetime, str, str, str]] = field(default_factory=list)
+    events: list[tuple[datetime, str, str, str | None]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (
@@ -343,16 +343,15 @@ class Store:
         ]  # fmt: skip
         if closed:
             quoted = ", ".join(f'"{c}"' for c in INCIDENT_COLUMNS if c != "closed_at")
-            _, old, _ = self.query(
-                f"SELECT {quoted} FROM incidents WHERE incident_id IN (SELECT unnest($ids))", {"ids": list(closed)}
-            )
+            sql = f"SELECT {quoted} FROM alert_incidents WHERE incident_id IN (SELECT unnest($ids))"
+            _, old, _ = self.query(sql, {"ids": list(closed)})
             rows.extend((*row, at) for row in old)
         if rows:
-            self._upsert("incidents", INCIDENT_COLUMNS, rows)
+            self._upsert("alert_incidents", INCIDENT_COLUMNS, rows)
 
     def open_incidents(self) -> list[OpenIncident]:
         quoted = ", ".join(f'"{c}"' for c in INCIDENT_COLUMNS if c != "closed_at")
-        _, rows, _ = self.query(f"SELECT {quoted} FROM incidents WHERE closed_at IS NULL", limit=1_000_000)
+        _, rows, _ = self.query(f"SELECT {quoted} FROM alert_incidents WHERE closed_at IS NULL", limit=1_000_000)
         names = [c for c in INCIDENT_COLUMNS if c != "closed_at"]
         incidents = []
         for row in rows:

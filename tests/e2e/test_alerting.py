@@ -78,7 +78,7 @@ def test_kill_9_alerts_once_and_a_restart_resolves_once_with_the_duration(
     assert down_s - 1.5 <= resolve["duration_s"] <= down_s + 0.5
     recorded = rows(monitor, 'SELECT event, attempts, delivered_at IS NOT NULL, error FROM alerts ORDER BY "at"')
     assert recorded == [("trigger", 1, True, None), ("resolve", 1, True, None)]
-    assert rows(monitor, "SELECT count(*) FROM incidents WHERE closed_at IS NULL") == [(0,)]
+    assert rows(monitor, "SELECT count(*) FROM alert_incidents WHERE closed_at IS NULL") == [(0,)]
 
 
 def test_a_flapping_agent_gets_one_flapping_alert_then_one_resolve_when_stable(
