@@ -59,6 +59,9 @@ _log = logging.getLogger("fleetpulse.monitor")
 TransitionListener = Callable[[list[Transition]], None]
 
 AGENT_ROW_REFRESH_S = 5.0  # an agent row that only saw more heartbeats is rewritten at most this often
+# The monitor's own sign of life in monitor_events: after a crash (no `stopped` row), the history's
+# gap begins at the last one (SPEC §4 views count a gap as neither outage nor uptime).
+ALIVE_EVERY_S = 15.0
 
 
 def sidecar_path(db_path: Path) -> Path:
@@ -257,7 +260,7 @@ class Monitor:
 
     def _run(self) -> None:
         pending = WriteBatch()
-        last_flush = last_tick = time.monotonic()
+        last_flush = last_tick = last_alive = time.monotonic()
         while True:
             events: list[Event] = []
             try:
@@ -284,6 +287,9 @@ class Monitor:
                         self._tick_all(pending)
                     self._tick_alerts()  # also while the broker is gone: its own alert may remind
                     last_tick = time.monotonic()
+            if time.monotonic() - last_alive >= ALIVE_EVERY_S:
+                pending.events.append((self._clock(), self.config.monitor_id, "alive", None))
+                last_alive = time.monotonic()
             elapsed_s = time.monotonic() - last_flush
             rows_waiting = len(pending) - len(pending.agents)
             due = (rows_waiting and elapsed_s >= self.config.flush_interval_s) or (pending.agents and elapsed_s >= 1.0)
