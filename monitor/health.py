@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = [
     "apply_message",
     "broker_lost",
     "listening_resumed",
+    "next_check_at",
     "tick",
 ]
 
@@ -363,6 +364,39 @@ def tick(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple[AgentV
     if state is view.state:
         return view, None  # keep the reason stable while the state holds ("no heartbeat for N s" would churn)
     return _move(view, state, reason, now)
+
+
+def next_check_at(view: AgentView, now: datetime, thresholds: Thresholds) -> datetime | None:
+    """The first moment after `now` at which `tick` could change `view`; None if only a message can.
+
+    Time alone moves a view only through silence (from `heard_at`), stall (idle since the last
+    progress) and, while unknown, the end of the grace after listening resumed. A monitor that ticks each
+    view at this moment sees exactly the transitions of one that ticks every view all the time, at a
+    cost that does not grow with the fleet (the property test in tests/monitor/test_health.py).
+    """
+    if view.heard_at is None:
+        return None
+    if view.state is State.UNKNOWN:
+        if view.known_state is None:
+            return None
+        deadlines = [view.heard_at + timedelta(seconds=thresholds.degraded_after(view.interval_s))]
+    elif view.state in (State.HEALTHY, State.DEGRADED):
+        deadlines = [
+            view.heard_at + timedelta(seconds=thresholds.degraded_after(view.interval_s)),
+            view.heard_at + timedelta(seconds=thresholds.unreachable_after(view.interval_s)),
+        ]
+        if (
+            thresholds.stall_after_s > 0
+            and view.last_progress_at is not None
+            and view.last_sent_at is not None
+            and view.last_heartbeat_at is not None
+        ):
+            idle_at_heartbeat_s = (view.last_sent_at - view.last_progress_at).total_seconds()
+            deadlines.append(view.last_heartbeat_at + timedelta(seconds=thresholds.stall_after_s - idle_at_heartbeat_s))
+    else:
+        return None  # unreachable and killed only leave on a message
+    upcoming = [deadline for deadline in deadlines if deadline > now]
+    return min(upcoming) if upcoming else None
 
 
 def broker_lost(view: AgentView, now: datetime) -> AgentView:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from monitor.health import (
     apply_message,
     broker_lost,
     listening_resumed,
+    next_check_at,
     tick,
 )
 from publisher.protocol import HealthMessage, Kind, Metrics, ProtocolError, ReportedStatus, parse_health
@@ -1571,3 +1573,96 @@ def test_stall_is_judged_without_clock_skew_between_agent_and_monitor() -> None:
 def test_nonsense_thresholds_are_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Thresholds(**settings)  # type: ignore[arg-type]
+
+
+# -- ticking only at next_check_at is the same as ticking all the time -------------------------------
+
+
+def _scripted_actions() -> st.SearchStrategy[list[tuple[float, Action]]]:
+    """Messages and monitor events of one agent at increasing times, with gaps long enough to go stale."""
+    action = st.one_of(
+        st.builds(
+            lambda seq, degraded, paused, progress: heartbeat(
+                seq, degraded=degraded, paused=paused, metrics=work(ok=1, progress_s=progress)
+            ),
+            st.integers(0, 40),
+            st.sampled_from([None, None, None, "slow downstream"]),
+            st.booleans(),
+            st.one_of(st.none(), st.floats(-900, 900)),
+        ),
+        st.just(will()),
+        st.just(stop()),
+        st.sampled_from([LOST, RESUMED]),
+    )
+    return st.lists(st.tuples(st.floats(0.1, 400.0), action), min_size=1, max_size=12)
+
+
+def _run(steps: list[tuple[float, Action]], thresholds: Thresholds, dense: bool, end_s: float) -> list[Row]:
+    """Apply `steps`; tick every second (dense) or only at next_check_at (scheduled); transitions as rows."""
+    view: AgentView | None = None
+    rows: list[Row] = []
+    clock, listening = 0.0, True
+    due: datetime | None = None
+
+    def record(transition: Transition | None) -> None:
+        if transition is not None:
+            rows.append(((transition.at - NOW).total_seconds(), transition.from_state, transition.to_state, ""))
+
+    def advance(until_s: float) -> None:
+        nonlocal view, due
+        if view is None or not listening:
+            return
+        if dense:
+            second = math.floor(clock) + 1.0
+            while second < until_s:
+                view, transition = tick(view, at(second), thresholds)
+                record(transition)
+                second += 1.0
+            return
+        while due is not None and due < at(until_s):
+            view, transition = tick(view, due, thresholds)
+            record(transition)
+            due = next_check_at(view, due, thresholds)
+
+    for gap_s, action in [*steps, (end_s, TICK)]:
+        advance(clock + gap_s)
+        clock += gap_s
+        now = at(clock)
+        if isinstance(action, Event):
+            if view is None or action is TICK:
+                continue
+            if action is LOST:
+                view, listening = broker_lost(view, now), False
+            else:
+                view, listening = listening_resumed(view, now), True
+        elif listening:
+            message = action.model_copy(update={"sent_at": now})
+            view, transition, _ = apply_message(view, message, now, thresholds)
+            record(transition)
+        if view is not None:
+            due = next_check_at(view, now, thresholds)
+    return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_scripted_actions(), stall_s=st.sampled_from([0.0, 45.0, 600.0]))
+def test_ticking_at_next_check_at_sees_every_transition_of_ticking_always(
+    steps: list[tuple[float, Action]], stall_s: float
+) -> None:
+    thresholds = Thresholds(stall_after_s=stall_s)
+    dense = _run(steps, thresholds, dense=True, end_s=600.0)
+    scheduled = _run(steps, thresholds, dense=False, end_s=600.0)
+    # The same changes in the same order; the scheduled one sees each at its deadline, the dense one at
+    # the next whole second after it.
+    assert [(old, new) for _, old, new, _ in scheduled] == [(old, new) for _, old, new, _ in dense]
+    for (scheduled_s, *_), (dense_s, *_) in zip(scheduled, dense, strict=True):
+        assert scheduled_s <= dense_s <= scheduled_s + 1.0
+
+
+def test_next_check_at_names_the_next_deadline() -> None:
+    view = replay((BIRTH,)).view  # heard at 0, interval 10 s: degraded at 30 s, unreachable at 100 s
+    assert next_check_at(view, at(0), DEFAULTS) == at(30)
+    assert next_check_at(view, at(30), DEFAULTS) == at(100)
+    assert next_check_at(view, at(100), DEFAULTS) is None
+    dead = replay((BIRTH, (1, will()))).view
+    assert next_check_at(dead, at(1), DEFAULTS) is None  # only a message brings it back
