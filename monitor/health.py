@@ -7,6 +7,7 @@ datetime) and returns the new view plus the transition it caused, if any.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -366,37 +367,43 @@ def tick(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple[AgentV
     return _move(view, state, reason, now)
 
 
-def next_check_at(view: AgentView, now: datetime, thresholds: Thresholds) -> datetime | None:
-    """The first moment after `now` at which `tick` could change `view`; None if only a message can.
+def _after(moment: datetime, seconds: float) -> datetime:
+    # Rounded up to the microsecond (timedelta's resolution): a tick at the result is never early.
+    return moment + timedelta(microseconds=math.ceil(seconds * 1_000_000))
 
-    Time alone moves a view only through silence (from `heard_at`), stall (idle since the last
-    progress) and, while unknown, the end of the grace after listening resumed. A monitor that ticks each
-    view at this moment sees exactly the transitions of one that ticks every view all the time, at a
-    cost that does not grow with the fleet (the property test in tests/monitor/test_health.py).
+
+def next_check_at(view: AgentView, thresholds: Thresholds) -> datetime | None:
+    """When `tick` will next change `view` if no message comes first; None if only a message can.
+
+    Time only makes things worse: silence and idleness grow, so a healthy view can turn degraded or
+    unreachable, a degraded one unreachable, and an unknown one is judged when its grace ends. The
+    answer may lie in the past (tick now). A monitor that ticks each view then, rescheduling it whenever
+    it changes, sees the transitions of one that ticks every view all the time (the property test in
+    tests/monitor/test_health.py), at a cost that does not grow with the fleet.
     """
     if view.heard_at is None:
         return None
+    degraded_at = _after(view.heard_at, thresholds.degraded_after(view.interval_s))
+    unreachable_at = _after(view.heard_at, thresholds.unreachable_after(view.interval_s))
     if view.state is State.UNKNOWN:
-        if view.known_state is None:
-            return None
-        deadlines = [view.heard_at + timedelta(seconds=thresholds.degraded_after(view.interval_s))]
-    elif view.state in (State.HEALTHY, State.DEGRADED):
-        deadlines = [
-            view.heard_at + timedelta(seconds=thresholds.degraded_after(view.interval_s)),
-            view.heard_at + timedelta(seconds=thresholds.unreachable_after(view.interval_s)),
-        ]
-        if (
-            thresholds.stall_after_s > 0
-            and view.last_progress_at is not None
-            and view.last_sent_at is not None
-            and view.last_heartbeat_at is not None
-        ):
-            idle_at_heartbeat_s = (view.last_sent_at - view.last_progress_at).total_seconds()
-            deadlines.append(view.last_heartbeat_at + timedelta(seconds=thresholds.stall_after_s - idle_at_heartbeat_s))
-    else:
+        return degraded_at if view.known_state is not None else None
+    if view.state is State.DEGRADED:
+        return unreachable_at  # degraded for being late, reported, stalled or failing: only worse by time
+    if view.state is not State.HEALTHY:
         return None  # unreachable and killed only leave on a message
-    upcoming = [deadline for deadline in deadlines if deadline > now]
-    return min(upcoming) if upcoming else None
+    if view.reported_status is ReportedStatus.DEGRADED:
+        return min(degraded_at, unreachable_at)  # (cannot be healthy; defensive)
+    deadlines = [degraded_at, unreachable_at]
+    if (
+        thresholds.stall_after_s > 0
+        and not view.paused
+        and view.last_progress_at is not None
+        and view.last_sent_at is not None
+        and view.last_heartbeat_at is not None
+    ):
+        idle_at_heartbeat_s = (view.last_sent_at - view.last_progress_at).total_seconds()
+        deadlines.append(_after(view.last_heartbeat_at, thresholds.stall_after_s - idle_at_heartbeat_s))
+    return min(deadlines)
 
 
 def broker_lost(view: AgentView, now: datetime) -> AgentView:
