@@ -28,7 +28,7 @@ from monitor.dashboard import DashboardAccess, dashboard_page
 from monitor.fleet import sort_for_people, summary
 from monitor.metrics import render_metrics
 from monitor.service import Monitor
-from monitor.store import ReadOnlyViolation
+from monitor.store import QueryTimeout, ReadOnlyViolation
 from publisher.protocol import Command, ControlCommand, format_timestamp
 
 __all__ = ["ApiAuth", "ApiServer", "parse_since", "to_json"]
@@ -189,7 +189,7 @@ class _Outages(_Handler):
 
 
 class _Sql(_Handler):
-    def post(self) -> None:
+    async def post(self) -> None:
         try:
             body = json.loads(self.request.body or b"{}")
             sql = body["sql"]
@@ -199,9 +199,14 @@ class _Sql(_Handler):
             self.send({"error": 'send JSON {"sql": "SELECT ..."}'}, 400)
             return
         try:
-            columns, rows, truncated = self.monitor.store.read_only_query(sql)
+            # On a worker thread: a slow query must not stall the event loop (the dashboard shares it).
+            loop = asyncio.get_running_loop()
+            columns, rows, truncated = await loop.run_in_executor(None, self.monitor.store.read_only_query, sql)
         except ReadOnlyViolation as error:
             self.send({"error": str(error)}, 403)
+            return
+        except QueryTimeout as error:
+            self.send({"error": str(error)}, 408)
             return
         except duckdb.Error as error:
             self.send({"error": str(error).splitlines()[0]}, 400)

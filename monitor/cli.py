@@ -79,15 +79,45 @@ def _issued_by() -> str:
 # -- long-running commands ------------------------------------------------------------------------
 
 
-def _start_broker(host: str, port: int) -> Any:
-    from broker.embedded import EmbeddedBroker, PortInUseError
+def _tls_files(args: argparse.Namespace) -> Any:
+    """--tls-cert/--tls-key/--tls-ca as broker.TlsFiles, or None without them."""
+    from broker.embedded import TlsFiles
 
+    if not args.tls_cert and not args.tls_key:
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key, args.tls_ca):
+        if path and not Path(path).is_file():
+            raise CliError(f"no such file: {path}")
+    return TlsFiles(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca) if args.tls_ca else None)
+
+
+def _start_broker(args: argparse.Namespace) -> Any:
+    """The embedded broker as --host, --port, --password-file and --tls-* say; says who may connect."""
+    from broker.embedded import EmbeddedBroker, PortInUseError, is_loopback
+
+    host, port = args.host, args.port
+    password_file = Path(args.password_file) if args.password_file else None
     try:
-        return EmbeddedBroker(host, port).start()
+        broker = EmbeddedBroker(host, port, password_file=password_file, tls=_tls_files(args)).start()
     except PortInUseError as error:
         raise CliError(error.strerror) from None
     except OSError as error:
         raise CliError(f"cannot start the embedded broker on {host}:{port}: {error.strerror or error}") from None
+    if password_file is None and is_loopback(host):
+        _log.info(
+            "zero-config: anonymous access, so any local process can publish as any agent or send commands; "
+            "--password-file PATH turns on authentication and per-agent ACLs (SECURITY.md)"
+        )
+    elif password_file is None:
+        _log.warning(
+            "anonymous access on %s, which is not loopback: anyone who can reach port %d can publish as any agent "
+            "and kill any agent; use --password-file PATH (SECURITY.md)",
+            host,
+            port,
+        )
+    return broker
 
 
 def _thresholds(args: argparse.Namespace) -> Any:
@@ -191,11 +221,19 @@ def _cmd_up(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     broker = None
     if args.broker:
+        if args.password_file or args.tls_cert:
+            raise CliError("--password-file and --tls-* configure the embedded broker; with --broker, put "
+                           "credentials in its URL (mqtts://user:password@host:port)")  # fmt: skip
         broker_url = args.broker
         parse_broker_url(broker_url)
     else:
-        broker = _start_broker(args.host, args.port)
+        broker = _start_broker(args)
         broker_url = broker.url
+        if args.password_file:
+            from broker.credentials import Role
+
+            # This process's monitor and demo agents get credentials valid only while this broker runs.
+            broker_url = broker.issue_url(f"up-monitor-{uuid.uuid4().hex[:6]}", Role.MONITOR)
     children: list[subprocess.Popen[bytes]] = []
     monitor = api = None
     try:
@@ -212,7 +250,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         monitor.add_listener(on_transitions)
         for n in range(1, args.demo + 1):
             agent_id = f"demo-{n}"
-            command = [sys.executable, "-m", "monitor.cli", "demo", "--broker", broker_url, "--id", agent_id]
+            # (Issued demo credentials show in `ps` for the life of this `up`; they let in only demo-N.)
+            demo_url = broker.issue_url(agent_id) if broker is not None and args.password_file else broker_url
+            command = [sys.executable, "-m", "monitor.cli", "demo", "--broker", demo_url, "--id", agent_id]
             command += ["--interval-s", str(args.interval_s), "--keepalive-s", str(args.keepalive_s)]
             if n > 1:  # a small dependency graph to look at: every other demo agent needs demo-1
                 command += ["--depends-on", "demo-1"]
@@ -248,11 +288,60 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_broker(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
-    broker = _start_broker(args.host, args.port)
+    broker = _start_broker(args)
     _log.info("keep-alive enforced at 1.5x; Ctrl-C stops the broker")
     stop.wait()
     broker.stop()
     _log.info("embedded broker stopped")
+    return 0
+
+
+def _cmd_mosquitto_config(args: argparse.Namespace) -> int:
+    from broker.mosquitto import write_mosquitto_config
+
+    if not args.password_file:
+        raise CliError("--password-file PATH is required: Mosquitto gets the same users (fleetpulse credentials add)")
+    written = write_mosquitto_config(
+        Path(args.out), Path(args.password_file), args.host, args.port, tls=_tls_files(args)
+    )
+    for path in written:
+        print(f"wrote {path}")
+    print(f"run: mosquitto -c {written[0]}")
+    return 0
+
+
+def _cmd_credentials(args: argparse.Namespace) -> int:
+    from broker.credentials import CredentialsError, PasswordFile, Role, roles_path
+
+    path = Path(args.file)
+    try:
+        if args.action == "list":
+            users = PasswordFile(path).users() if path.exists() else []
+            if args.json:
+                print(json.dumps([{"name": u.name, "role": u.role.value, "group": u.group} for u in users]))
+            for user in users if not args.json else ():
+                print(f"{user.name:32} {user.role:8} {user.group or ''}".rstrip())
+            return 0
+        passwords = PasswordFile(path)
+        if args.action == "remove":
+            passwords.remove(args.name)
+            passwords.save()
+            print(f"removed {args.name} from {path}")
+            return 0
+        password = args.password
+        if password is None:
+            if sys.stdin.isatty():
+                password = getpass.getpass(f"password for {args.name}: ")
+                if getpass.getpass("again: ") != password:
+                    raise CliError("the passwords differ")
+            else:  # e.g. `pass show fleet/demo-1 | fleetpulse credentials add demo-1 --file ...`
+                password = sys.stdin.readline().rstrip("\n")
+        user = passwords.add(args.name, password, Role(args.role), args.group)
+        passwords.save()
+    except CredentialsError as error:
+        raise CliError(str(error)) from None
+    group = f" in group {user.group}" if user.group else ""
+    print(f"{user.name}: {user.role}{group}, in {path} (role in {roles_path(path)})")
     return 0
 
 
@@ -277,7 +366,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for agent_id in ids
     ]
     stop = _stop_on_signals()
-    _log.info("demo: %d agent(s) on %s, pid %d: %s", len(agents), args.broker, os.getpid(), ", ".join(ids))
+    _log.info(
+        "demo: %d agent(s) on %s, pid %d: %s",
+        len(agents),
+        parse_broker_url(args.broker).display,
+        os.getpid(),
+        ", ".join(ids),
+    )
     run_demo(agents, stop)
     return 0
 
@@ -345,7 +440,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         try:
             messages = read_retained_health(parse_broker_url(args.broker))
             records = [agent_record(v) for v in views_from_snapshot(messages, now, ThresholdPolicy())]
-            source = f"the broker's retained snapshot at {args.broker} (no monitor running)"
+            source = f"the broker's retained snapshot at {parse_broker_url(args.broker).display} (no monitor running)"
         except ConnectionError as broker_error:
             if not db.exists():
                 raise CliError(f"{broker_error}; and no history at {db}") from None
@@ -420,6 +515,39 @@ def _cmd_sql(args: argparse.Namespace) -> int:
         print("\t".join("NULL" if value is None else str(value) for value in row))
     if result["truncated"]:
         print(f"(first {len(result['rows'])} rows)", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from monitor.api import parse_since
+    from monitor.client import MonitorClient
+    from monitor.report import build_report, format_html, format_text, history_sql
+
+    now = datetime.now(UTC)
+    since = parse_since(args.since, now)
+    until = parse_since(args.until, now) if args.until else now
+    if since >= until:
+        raise CliError(f"--since {args.since} is not before --until {args.until or 'now'}")
+    if not 0 < args.slo <= 100:
+        raise CliError(f"--slo {args.slo:g}: give a percentage, e.g. 99.5")
+    if args.top < 1:
+        raise CliError(f"--top {args.top}: give at least 1")
+    db = Path(args.db)
+    history = _history(db)
+    source = f"monitor at {history.url}" if isinstance(history, MonitorClient) else str(db)
+    try:
+        report = build_report(history_sql(history), since, until, slo=args.slo / 100, top=args.top, source=source)
+    except duckdb.Error as error:  # e.g. a history written by an older fleetpulse, its views not migrated yet
+        raise CliError(f"{db}: {str(error).splitlines()[0]}") from None
+    finally:
+        if not isinstance(history, MonitorClient):
+            history.close()
+    print(format_text(report), end="")
+    if args.html:
+        Path(args.html).write_text(format_html(report), encoding="utf-8")
+        print(f"(wrote {args.html})", file=sys.stderr)
     return 0
 
 
@@ -561,6 +689,21 @@ def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_broker_security_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument(
+        "--password-file",
+        metavar="PATH",
+        default=default,
+        help="only these users may connect, each limited to its role's topics (fleetpulse credentials add); "
+        "without it anyone who can reach the port may publish anything",
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", default=default, help="serve mqtts:// with this certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", default=default, help="the certificate's private key")
+    parser.add_argument(
+        "--tls-ca", metavar="PEM", default=default, help="the CA clients should trust (default: the certificate)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetpulse", description="Health monitoring for fleets of AI agents.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -573,6 +716,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", type=int, default=0, metavar="N", help="start N simulated agent processes")
     up.add_argument("--interval-s", type=float, default=2.0, help="demo heartbeat interval (default 2)")
     up.add_argument("--keepalive-s", type=int, default=2, help="demo MQTT keep-alive (default 2)")
+    _add_broker_security_options(up)
     _add_monitor_options(up)
     up.set_defaults(handler=_cmd_up)
 
@@ -584,7 +728,33 @@ def _parser() -> argparse.ArgumentParser:
     broker = commands.add_parser("broker", help="run the embedded MQTT broker (amqtt, keep-alive enforced)")
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     broker.add_argument("--port", type=_port, default=1883, help="port to listen on (default 1883)")
+    _add_broker_security_options(broker)
     broker.set_defaults(handler=_cmd_broker)
+    broker_actions = broker.add_subparsers(dest="broker_action", metavar="[mosquitto-config]")
+    mosquitto_config = broker_actions.add_parser(
+        "mosquitto-config", help="write mosquitto.conf, passwd and acl with the same users and rules, for Mosquitto"
+    )
+    mosquitto_config.add_argument("--out", required=True, metavar="DIR", help="directory to write the files into")
+    # SUPPRESS: `broker --port 8883 mosquitto-config` and `broker mosquitto-config --port 8883` both work.
+    mosquitto_config.add_argument("--host", default=argparse.SUPPRESS, help="address Mosquitto listens on")
+    mosquitto_config.add_argument("--port", type=_port, default=argparse.SUPPRESS, help="port Mosquitto listens on")
+    _add_broker_security_options(mosquitto_config, default=argparse.SUPPRESS)
+    mosquitto_config.set_defaults(handler=_cmd_mosquitto_config)
+
+    credentials = commands.add_parser("credentials", help="manage the broker's password file (users and roles)")
+    credential_actions = credentials.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = credential_actions.add_parser("add", help="add a user, or change its password, role or group")
+    add.add_argument("name", help="the user name; an agent's is its agent id")
+    add.add_argument("--password", help="the password (default: prompt, or the first line of stdin)")
+    add.add_argument("--role", choices=["agent", "monitor"], default="agent", help="what it may do (default agent)")
+    add.add_argument("--group", help="an agent's group: it may also read groups/GROUP/control")
+    remove = credential_actions.add_parser("remove", help="remove a user")
+    remove.add_argument("name")
+    listing = credential_actions.add_parser("list", help="the users, their roles and groups (never passwords)")
+    listing.add_argument("--json", action="store_true", help='print [{"name", "role", "group"}]')
+    for action in (add, remove, listing):
+        action.add_argument("--file", required=True, metavar="PATH", help="the password file (roles in PATH.roles)")
+    credentials.set_defaults(handler=_cmd_credentials)
 
     demo = commands.add_parser("demo", help="run simulated agents against a broker")
     demo.add_argument("--broker", default=DEFAULT_BROKER_URL, help=f"broker URL (default {DEFAULT_BROKER_URL})")
@@ -633,6 +803,15 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--json", action="store_true", help='print {"columns": [...], "rows": [[...]], "truncated": ...}')
     sql.add_argument("--db", default=DEFAULT_DB, help=f"history file (default {DEFAULT_DB})")
     sql.set_defaults(handler=_cmd_sql)
+
+    report = commands.add_parser("report", help="availability, outages, MTTR/MTBF, incidents and cost over a window")
+    report.add_argument("--since", default="7d", help="e.g. 7d, 12h, or an RFC 3339 time (default 7d)")
+    report.add_argument("--until", help="end of the window, same forms (default now)")
+    report.add_argument("--slo", type=float, default=99.5, metavar="PERCENT", help="availability target (99.5)")
+    report.add_argument("--top", type=int, default=10, metavar="N", help="rows per list (default 10)")
+    report.add_argument("--html", metavar="PATH", help="also write it as one standalone HTML page, chart included")
+    report.add_argument("--db", default=DEFAULT_DB, help=f"history file (default {DEFAULT_DB})")
+    report.set_defaults(handler=_cmd_report)
 
     for name, help_text in (
         ("kill", "stop an agent: its kill callback runs, then it publishes stop"),

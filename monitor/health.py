@@ -305,7 +305,8 @@ def apply_message(
         if offset >= SEEN_WINDOW or (view.seen_mask >> offset) & 1:
             return view, None, Outcome.DUPLICATE
         return _evolve(view, seen_mask=view.seen_mask | (1 << offset)), None, Outcome.LATE
-    seen_mask = ((view.seen_mask << (message.seq - view.last_seq)) | 1) & _SEEN_ALL if same_session else 1
+    gap = message.seq - view.last_seq  # > 0 in the same session; past the window, forget it (no huge shift)
+    seen_mask = (((view.seen_mask << gap) | 1) & _SEEN_ALL if gap < SEEN_WINDOW else 1) if same_session else 1
     if same_session and current is State.KILLED:
         # Sent before this session's stop, delivered after it: history, not news.
         return _evolve(view, last_seq=message.seq, seen_mask=seen_mask), None, Outcome.LATE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,11 @@ from monitor.health import (
     apply_message,
     broker_lost,
     listening_resumed,
+    next_check_at,
     tick,
 )
 from monitor.history import usage_today
+from monitor.retention import MINUTE_RETENTION_S, RAW_RETENTION_S, RETENTION_EVERY_S, Retention, roll_up_limits
 from monitor.store import Store, WriteBatch
 from monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Subscriber
 from monitor.usage import AgentUsage, UsageBook
@@ -62,6 +65,10 @@ AGENT_ROW_REFRESH_S = 5.0  # an agent row that only saw more heartbeats is rewri
 # The monitor's own sign of life in monitor_events: after a crash (no `stopped` row), the history's
 # gap begins at the last one (SPEC §4 views count a gap as neither outage nor uptime).
 ALIVE_EVERY_S = 15.0
+# A live message whose sent_at is further than this from the monitor's clock is refused: the agent's
+# clock is broken (or the message forged), and its stall figures would be nonsense. Staleness is judged
+# by receive time anyway (SPEC §2), so honest skew of minutes is fine.
+MAX_CLOCK_SKEW_S = 86_400.0
 
 
 def sidecar_path(db_path: Path) -> Path:
@@ -79,6 +86,11 @@ class MonitorConfig:
     flush_interval_s: float = 0.25  # heartbeat rows wait at most this long; transitions never wait
     flush_rows: int = 5_000
     rejected_rows_per_s: float = 50.0  # beyond this (burst 500) rejections are only counted
+    # Health messages per agent id: a flooding agent is rejected ("rate limit") without costing the rest
+    # of the fleet its parsing, storage or state. Heartbeats come every few seconds; the burst covers a
+    # monitor restart's queued backlog (10 min of 2 s heartbeats).
+    agent_messages_per_s: float = 20.0
+    agent_burst: int = 300
     # A broker shutting down gracefully (Mosquitto on SIGTERM) publishes the will of every client it
     # drops, the monitor's own included, just before it drops the monitor. Will-caused transitions are
     # held this long; if the broker goes away meanwhile they were a shutdown, not deaths.
@@ -93,21 +105,67 @@ class MonitorConfig:
     notify: tuple[str, ...] = ()  # channel URLs for every alert (--notify), besides the rules file's
     alert_backoff_s: tuple[float, ...] = (1, 2, 5, 15, 60, 300)  # waits between delivery attempts
     cost_check_interval_s: float = 5.0  # cost policies are evaluated this often
+    # Retention (monitor/retention.py): heartbeats stay raw for raw_retention_s (7 days), then per minute
+    # until minute_retention_s (90 days); per-hour sums, transitions and events are kept forever. The core
+    # thread looks for work every retention_every_s (10 min; 0 turns retention off), one hour of data at a time.
+    raw_retention_s: float = RAW_RETENTION_S
+    minute_retention_s: float = MINUTE_RETENTION_S
+    retention_every_s: float = RETENTION_EVERY_S
+
+    def __post_init__(self) -> None:
+        if self.retention_every_s > 0:
+            roll_up_limits(self.raw_retention_s, self.minute_retention_s)  # ValueError now, not in the core
 
 
 class _TokenBucket:
-    def __init__(self, rate_per_s: float, burst: float) -> None:
+    def __init__(self, rate_per_s: float, burst: float, now_s: float | None = None) -> None:
         self._rate, self._burst = rate_per_s, burst
-        self._tokens, self._at = burst, time.monotonic()
+        self._tokens, self._at = burst, time.monotonic() if now_s is None else now_s
 
-    def take(self) -> bool:
-        now = time.monotonic()
+    def take(self, now_s: float | None = None) -> bool:
+        now = time.monotonic() if now_s is None else now_s
         self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
         self._at = now
         if self._tokens >= 1:
             self._tokens -= 1
             return True
         return False
+
+    def full_at(self, now_s: float) -> bool:
+        """True when the bucket has refilled: it is then the same as a new one."""
+        return self._tokens + (now_s - self._at) * self._rate >= self._burst
+
+
+class _PerAgentRateLimit:
+    """One token bucket per agent id: O(1) per message, memory bounded by the agents active recently.
+
+    Buckets are kept least recently used first. Each call forgets up to two of the oldest that have
+    refilled (forgetting loses nothing: a new bucket starts full), and beyond `max_agents` the oldest goes
+    regardless, so a stream of made-up ids cannot grow memory.
+    """
+
+    def __init__(self, rate_per_s: float, burst: float, max_agents: int = 100_000) -> None:
+        self._rate, self._burst, self._max_agents = rate_per_s, burst, max_agents
+        self._buckets: OrderedDict[str, _TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, agent: str, now_s: float) -> bool:
+        bucket = self._buckets.get(agent)
+        if bucket is None:
+            bucket = self._buckets[agent] = _TokenBucket(self._rate, self._burst, now_s)
+            if len(self._buckets) > self._max_agents:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(agent)
+        allowed = bucket.take(now_s)
+        for _ in range(2):
+            oldest_agent, oldest = next(iter(self._buckets.items()))
+            if oldest is bucket or not oldest.full_at(now_s):
+                break
+            del self._buckets[oldest_agent]
+        return allowed
 
 
 class Monitor:
@@ -121,6 +179,11 @@ class Monitor:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._views: dict[str, AgentView] = {}
         self._usage = UsageBook()  # guarded by _views_lock, like the views
+        # When each view must next be ticked (health.next_check_at): a heap with lazy deletion, so a
+        # tick costs the agents that are due, not the fleet (issue 8: 100,000 agents).
+        self._due: list[tuple[datetime, int, str]] = []
+        self._due_at: dict[str, datetime] = {}
+        self._due_order = 0
         self._views_lock = threading.Lock()
         self._stats: Counter[str] = Counter()
         self._listeners: list[TransitionListener] = []
@@ -128,6 +191,7 @@ class Monitor:
         self._agents_written: dict[str, tuple[tuple[Any, ...], float]] = {}
         self._held_wills: list[tuple[float, Transition]] = []  # (release at, monotonic), transition
         self._rejections = _TokenBucket(config.rejected_rows_per_s, 500)
+        self._agent_rates = _PerAgentRateLimit(config.agent_messages_per_s, config.agent_burst)
         self._connected = False
         self._broker_silent = False
         self._ever_connected = False
@@ -158,6 +222,7 @@ class Monitor:
                 agent: listening_resumed(view, now, "monitor starting")
                 for agent, view in self._store.load_views().items()
             }
+            self._schedule_all()
             for agent, usage in usage_today(self._store, now).items():
                 self._usage.seed(agent, usage)
         self._store.write(WriteBatch(events=[(now, self.config.monitor_id, "started", self._url.display)]))
@@ -261,6 +326,8 @@ class Monitor:
     def _run(self) -> None:
         pending = WriteBatch()
         last_flush = last_tick = last_alive = time.monotonic()
+        config = self.config
+        retention = Retention(config.raw_retention_s, config.minute_retention_s, config.retention_every_s)
         while True:
             events: list[Event] = []
             try:
@@ -297,6 +364,8 @@ class Monitor:
                 carried = self._flush(pending)
                 pending = WriteBatch(agents=carried)
                 last_flush = time.monotonic()
+            # Between flushes: at most one hour of data per step, then back to the queue (never raises).
+            retention.run_if_due(self.store, self._clock(), time.monotonic())
             if self._stopping.is_set() and self._events.empty():
                 break
         pending.transitions.extend(transition for _, transition in self._held_wills)
@@ -378,6 +447,7 @@ class Monitor:
             reason = "monitor reconnected to the broker" if self._ever_connected else "monitor started"
             self._ever_connected = True
             self._views = {agent: listening_resumed(view, event.at, reason) for agent, view in self._views.items()}
+            self._schedule_all()
             pending.events.append((event.at, self.config.monitor_id, "broker_connected", self._url.display))
             self._alert_broker(back=True, at=event.at)
         elif isinstance(event, BrokerLost):
@@ -389,6 +459,7 @@ class Monitor:
             # One monitor-level event: every agent becomes unknown, no per-agent outage (SPEC §3).
             self._discard_held_wills(pending)
             self._views = {agent: broker_lost(view, event.at) for agent, view in self._views.items()}
+            self._schedule_all()
             pending.events.append((event.at, self.config.monitor_id, "broker_lost", event.reason))
             self._alert_broker(back=False, at=event.at, reason=event.reason)
 
@@ -415,6 +486,7 @@ class Monitor:
                 self._broker_silent = True
                 self._discard_held_wills(pending)
                 self._views = {agent: broker_lost(view, now) for agent, view in self._views.items()}
+                self._schedule_all()
                 detail = f"the broker stopped delivering (our probe unanswered for {silent_s:.1f} s)"
                 pending.events.append((now, self.config.monitor_id, "broker_lost", detail))
                 _log.warning("monitor: %s; agents are unknown until it delivers again", detail)
@@ -424,6 +496,7 @@ class Monitor:
             self._broker_silent = False
             resumed = "the broker delivers again"
             self._views = {agent: listening_resumed(view, now, resumed) for agent, view in self._views.items()}
+            self._schedule_all()
             pending.events.append((now, self.config.monitor_id, "broker_connected", resumed))
             _log.info("monitor: %s", resumed)
             self._alert_broker(back=True, at=now)
@@ -441,16 +514,24 @@ class Monitor:
             if view is not None:
                 view = replace(view, state=transition.from_state, reason="broker shutting down")
                 self._views[transition.agent] = pending.agents[transition.agent] = view
+                self._schedule(transition.agent, view)
             self._stats["wills_discarded_at_broker_shutdown"] += 1
         self._held_wills.clear()
 
     def _handle_health(self, event: Received, pending: WriteBatch) -> None:
         if not self._connected:
             return  # after our own will: the broker is shutting down, what it says now is not news
+        if not self._within_rate(event, pending):
+            return
         try:
             message = parse_health(event.topic, event.payload)
         except ProtocolError as error:
             self._reject(event, error.reason, pending)
+            return
+        skew_s = (message.sent_at - event.received_at).total_seconds()
+        if skew_s > MAX_CLOCK_SKEW_S or (-skew_s > MAX_CLOCK_SKEW_S and not event.retained):
+            # A retained message may be old (a will from last month restores state); a live one is not.
+            self._reject(event, f"sent_at is {skew_s:+.0f} s from the monitor's clock", pending)
             return
         thresholds = self.config.thresholds.for_agent(message.agent)
         view, transition, outcome = apply_message(
@@ -459,6 +540,7 @@ class Monitor:
         self._stats[outcome.value] += 1
         if outcome is Outcome.LATE:
             self._views[message.agent] = view
+            self._schedule(message.agent, view)
             pending.add_message(message, event.received_at, event.retained)
             if message.metrics is not None:
                 self._usage.add(message.agent, message.metrics, event.received_at)
@@ -466,6 +548,7 @@ class Monitor:
         if outcome is not Outcome.APPLIED:
             return
         self._views[message.agent] = view
+        self._schedule(message.agent, view)
         pending.agents[message.agent] = view
         if not (event.retained and transition is None and message.kind is not Kind.HEARTBEAT):
             # (A retained will or stop that only restores what was known is no new message: its row
@@ -500,6 +583,20 @@ class Monitor:
             (command.id, event.received_at, target, command.command.value, command.issued_by, command.reason)
         )
         self._stats["commands"] += 1
+
+    def _within_rate(self, event: Received, pending: WriteBatch) -> bool:
+        """Charge the topic's agent id, before parsing: a flood costs its sender, not the fleet.
+
+        Keyed by the topic, the only identity MQTT 3.1.1 gives a message, which the broker's ACL binds to
+        the agent's credentials (broker/acl.py). On an open broker anyone may spend any agent's budget.
+        """
+        agent = event.topic[len("agents/") : -len("/health")]
+        if not is_valid_id(agent) or self._agent_rates.allow(agent, time.monotonic()):
+            return True  # (an invalid id is rejected by parse_health with its own reason)
+        self._stats["rate_limited"] += 1
+        rate = self.config.agent_messages_per_s
+        self._reject(event, f"rate limit: agent {agent} sent more than {rate:g} messages/s", pending)
+        return False
 
     def _reject(self, event: Received, reason: str, pending: WriteBatch) -> None:
         self._stats["rejected"] += 1
@@ -549,13 +646,40 @@ class Monitor:
                 self.send_command(command, agent=breach.agent)
                 _log.warning("monitor: %s %s: %s", breach.action, breach.agent, breach.notification.reason)
 
-    def _tick_all(self, pending: WriteBatch) -> None:
-        now = self._clock()
+    def _schedule(self, agent: str, view: AgentView) -> None:
+        """Remember when `view` must next be ticked (called whenever a view is replaced)."""
+        due = next_check_at(view, self.config.thresholds.for_agent(agent))
+        if due is None:
+            self._due_at.pop(agent, None)
+        elif self._due_at.get(agent) != due:
+            self._due_at[agent] = due
+            self._due_order += 1
+            heapq.heappush(self._due, (due, self._due_order, agent))
+
+    def _schedule_all(self) -> None:
+        self._due, self._due_at = [], {}
         for agent, view in self._views.items():
-            thresholds = self.config.thresholds.for_agent(agent)
-            new_view, transition = tick(view, now, thresholds)
-            if new_view is not view:
-                self._views[agent] = new_view
-                pending.agents[agent] = new_view
+            self._schedule(agent, view)
+
+    def _tick_all(self, pending: WriteBatch) -> None:
+        """Tick the views that are due (a heap pop each), not every view."""
+        now = self._clock()
+        while self._due and self._due[0][0] <= now:
+            due, _, agent = heapq.heappop(self._due)
+            if self._due_at.get(agent) != due:
+                continue  # rescheduled since: a stale entry
+            del self._due_at[agent]
+            view = self._views.get(agent)
+            if view is None:
+                continue
+            new_view, transition = tick(view, now, self.config.thresholds.for_agent(agent))
+            if new_view is view:
+                # Nothing changed (a deadline a float's ulp early): look again shortly, never spin.
+                self._due_at[agent] = retry = now + timedelta(milliseconds=1)
+                self._due_order += 1
+                heapq.heappush(self._due, (retry, self._due_order, agent))
+                continue
+            self._views[agent] = pending.agents[agent] = new_view
+            self._schedule(agent, new_view)
             if transition is not None:
                 pending.transitions.append(transition)

@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from monitor import retention
 from monitor.alert_policy import OpenIncident, Silence
 from monitor.alerts import DeliveryRecord
 from monitor.health import AgentView, State, Transition
@@ -21,7 +22,7 @@ from monitor.notification import Severity
 from monitor.schema import migrate
 from publisher.protocol import HealthMessage, ReportedStatus
 
-__all__ = ["ReadOnlyViolation", "Store", "StoreLocked", "WriteBatch", "check_read_only"]
+__all__ = ["QueryTimeout", "ReadOnlyViolation", "Store", "StoreLocked", "WriteBatch", "check_read_only"]
 
 ALERT_COLUMNS = (
     "id", "incident_id", "agent", "at", "severity", "event", "channel", "delivered_at", "attempts", "error",
@@ -43,6 +44,7 @@ AGENT_COLUMNS = (
     "reported_reason", "last_progress_at", "paused",
 )  # fmt: skip
 MAX_QUERY_ROWS = 10_000
+QUERY_TIMEOUT_S = 10.0  # a statement typed by a person (API, CLI) is stopped after this long
 
 
 class StoreLocked(RuntimeError):
@@ -57,6 +59,10 @@ class StoreLocked(RuntimeError):
 
 class ReadOnlyViolation(ValueError):
     """A statement that is not a plain read was refused."""
+
+
+class QueryTimeout(RuntimeError):
+    """A read ran longer than its time limit and was interrupted."""
 
 
 def check_read_only(sql: str) -> None:
@@ -260,22 +266,39 @@ class Store:
         return views
 
     def query(
-        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None, limit: int = MAX_QUERY_ROWS
+        self,
+        sql: str,
+        parameters: Sequence[Any] | Mapping[str, Any] | None = None,
+        limit: int = MAX_QUERY_ROWS,
+        timeout_s: float | None = None,
     ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
-        """Run a read; return column names, at most `limit` rows, and whether rows were cut off."""
+        """Run a read; return column names, at most `limit` rows, and whether rows were cut off.
+
+        With `timeout_s`, a query still running then is interrupted (QueryTimeout); the store goes on.
+        """
         cursor = self._connection.cursor()
+        timer = threading.Timer(timeout_s, cursor.interrupt) if timeout_s is not None else None
         try:
+            if timer is not None:
+                timer.start()
             result = cursor.execute(sql, parameters if parameters is not None else [])
             columns = [d[0] for d in result.description or []]
             rows = result.fetchmany(limit + 1)
+        except duckdb.InterruptException:
+            raise QueryTimeout(f"the query ran longer than {timeout_s:g} s and was stopped") from None
         finally:
+            if timer is not None:
+                timer.cancel()
             cursor.close()
         return columns, rows[:limit], len(rows) > limit
 
-    def read_only_query(self, sql: str, limit: int = MAX_QUERY_ROWS) -> tuple[list[str], list[tuple[Any, ...]], bool]:
-        """`query` for statements typed by a person: SELECT only (ReadOnlyViolation otherwise)."""
+    def read_only_query(
+        self, sql: str, limit: int = MAX_QUERY_ROWS, timeout_s: float | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """`query` for statements typed by a person: SELECT only (ReadOnlyViolation otherwise), time-limited
+        (`timeout_s`, default QUERY_TIMEOUT_S)."""
         check_read_only(sql)
-        return self.query(sql, limit=limit)
+        return self.query(sql, limit=limit, timeout_s=QUERY_TIMEOUT_S if timeout_s is None else timeout_s)
 
     def outages(self, agent: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
         """Rows of the `outages` view, newest first, optionally one agent's and/or still open after `since`."""
@@ -391,3 +414,26 @@ class Store:
             limit=1_000_000,
         )
         return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    def roll_up(self, now: datetime, raw_keep_s: float, minute_keep_s: float, chunk_s: int = 3_600) -> retention.RollUp:
+        """Move one chunk of old heartbeats into minutes and of old minutes into hours (monitor/retention.py).
+
+        On a cursor of its own, i.e. its own DuckDB transaction, without the write lock: it touches no row the
+        other writers touch (they append new heartbeats, alerts, ...; it deletes old ones), so DuckDB's MVCC
+        lets both commit, and alert deliveries never wait for a roll-up.
+        """
+        cursor = self._connection.cursor()
+        try:
+            return retention.roll_up(cursor, now, raw_keep_s, minute_keep_s, chunk_s)
+        finally:
+            cursor.close()
+
+    def checkpoint(self) -> bool:
+        """Write the WAL into the file, freeing deleted rows' blocks for reuse; False if DuckDB declined now."""
+        cursor = self._connection.cursor()
+        try:
+            return retention.checkpoint(cursor)
+        finally:
+            cursor.close()

@@ -6,9 +6,19 @@ re-exported here, so the monitor imports everything protocol from this one modul
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from publisher.wire import (
     HEALTH_TOPIC_FILTER,
@@ -58,8 +68,34 @@ __all__ = [
 AgentId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
-_FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 _Count = Annotated[int, Field(ge=0, le=2**63 - 1)]  # fits a DuckDB BIGINT
+# Per-window bounds: finite is not enough. Sums of windows must stay finite (JSON has no Infinity), and
+# no real window of one agent costs a million dollars or a trillion tokens.
+_WindowUsd = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+_WindowTokens = Annotated[int, Field(ge=0, le=10**12)]
+_LatencyMs = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]  # ~11.6 days
+EARLIEST_YEAR, LATEST_YEAR = 1970, 9000
+
+
+def _sane_moment(moment: datetime) -> datetime:
+    # Far-off times overflow date arithmetic (year 1 at +14:00 is year 0 in UTC) and come back from
+    # DuckDB as strings: refused at the boundary. (How far from *now* is the monitor's call.)
+    try:
+        year = moment.astimezone(UTC).year
+    except OverflowError:
+        year = 0
+    if not EARLIEST_YEAR <= year <= LATEST_YEAR:
+        raise ValueError(f"a time between the years {EARLIEST_YEAR} and {LATEST_YEAR} is expected")
+    return moment
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON `true` would otherwise pass for the integer 1
+        raise ValueError("`v` must be the number 1")
+    return value
+
+
+_Moment = Annotated[AwareDatetime, AfterValidator(_sane_moment)]
 
 
 class _Strict(BaseModel):
@@ -68,30 +104,30 @@ class _Strict(BaseModel):
 
 
 class ModelUsage(_Strict):
-    cost_usd: _FiniteNonNegative = 0.0
-    tokens_in: _Count = 0
-    tokens_out: _Count = 0
+    cost_usd: _WindowUsd = 0.0
+    tokens_in: _WindowTokens = 0
+    tokens_out: _WindowTokens = 0
 
 
 class Metrics(_Strict):
     """Work done since the previous heartbeat (one window)."""
 
-    ok: _Count = 0
-    failed: _Count = 0
-    latency_ms_p50: _FiniteNonNegative | None = None
-    latency_ms_p95: _FiniteNonNegative | None = None
-    latency_ms_max: _FiniteNonNegative | None = None
-    cost_usd: _FiniteNonNegative = 0.0
-    tokens_in: _Count = 0
-    tokens_out: _Count = 0
+    ok: _WindowTokens = 0
+    failed: _WindowTokens = 0
+    latency_ms_p50: _LatencyMs | None = None
+    latency_ms_p95: _LatencyMs | None = None
+    latency_ms_max: _LatencyMs | None = None
+    cost_usd: _WindowUsd = 0.0
+    tokens_in: _WindowTokens = 0
+    tokens_out: _WindowTokens = 0
     by_model: dict[Annotated[str, Field(max_length=128)], ModelUsage] = Field(default_factory=dict, max_length=64)
-    last_progress_at: AwareDatetime | None = None  # an offset is required (checked in pydantic's core)
+    last_progress_at: _Moment | None = None  # an offset is required (checked in pydantic's core)
 
 
 class HealthMessage(_Strict):
     """One message on `agents/<id>/health`: heartbeat (seq 0 is the birth), stop, or will."""
 
-    v: Literal[1] = 1  # PROTOCOL_VERSION
+    v: Annotated[Literal[1], BeforeValidator(_no_bool)] = 1  # PROTOCOL_VERSION
     agent: AgentId
     name: Annotated[str, Field(max_length=256)] = ""
     kind: Kind
@@ -99,7 +135,7 @@ class HealthMessage(_Strict):
     reason: Annotated[str, Field(max_length=1024)] | None = None
     session: Annotated[str, Field(min_length=1, max_length=64)]
     seq: _Count | None = None
-    sent_at: AwareDatetime  # RFC 3339 with an offset: a naive time could not be compared with the monitor's
+    sent_at: _Moment  # RFC 3339 with an offset: a naive time could not be compared with the monitor's
     interval_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
     host: Annotated[str, Field(max_length=256)] = ""
     pid: _Count | None = None

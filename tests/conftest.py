@@ -190,3 +190,18 @@ def receiver_down() -> Iterator[Receiver]:
     down = Receiver()
     yield down
     down.stop()
+
+
+def read_until(process: subprocess.Popen[str], needle: str, timeout_s: float = 20.0) -> list[str]:
+    """Read `process`'s stdout line by line until one contains `needle`; the lines read so far."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not printed within {timeout_s} s; got:\n{''.join(lines)}")

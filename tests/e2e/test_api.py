@@ -6,8 +6,10 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,3 +154,29 @@ def test_the_read_endpoints_answer_work_figures_outages_and_counters(
         with pytest.raises(MonitorError) as missing:
             client.agent("nobody-here")
         assert missing.value.status == 404
+
+
+def test_a_query_that_runs_too_long_is_stopped_and_the_server_stays_responsive(
+    serving: tuple[Monitor, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import monitor.store
+
+    monkeypatch.setattr(monitor.store, "QUERY_TIMEOUT_S", 0.5)
+    _, url = serving
+    client = MonitorClient(url)
+    answers: list[Any] = []
+
+    def slow() -> None:
+        try:
+            client.sql("SELECT count(*) FROM range(100000000000) a")
+        except MonitorError as error:
+            answers.append(error)
+
+    worker = threading.Thread(target=slow)
+    worker.start()
+    time.sleep(0.1)
+    assert client.healthz()["ok"] is True  # the event loop is not blocked by the running query
+    worker.join(timeout=30)
+    (refused,) = answers
+    assert refused.status == 408 and "longer than 0.5 s" in str(refused)
+    assert client.sql("SELECT 42")["rows"] == [[42]]  # the store goes on

@@ -8,30 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from broker.netutil import free_port, wait_for_port
 from publisher.protocol import Command, Kind
-from tests.conftest import BrokerProcess, HealthRecorder
+from tests.conftest import BrokerProcess, HealthRecorder, read_until
 from tests.e2e.test_agent_lifecycle import _of, _publish_command
 
 CLI = [sys.executable, "-m", "monitor.cli"]
-
-
-def _read_until(process: subprocess.Popen[str], needle: str, timeout_s: float = 20.0) -> list[str]:
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    raise AssertionError(f"{needle!r} not printed within {timeout_s} s; got:\n{''.join(lines)}")
 
 
 def test_broker_on_a_taken_port_is_one_line_and_exit_2() -> None:
@@ -62,12 +47,12 @@ def test_up_with_demo_agents_announces_a_kill_9_and_stops_cleanly(tmp_path: Path
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        lines = _read_until(up, "fleet: 2/2 healthy")
+        lines = read_until(up, "fleet: 2/2 healthy")
         found = (re.search(r"demo agent (\S+) runs as pid (\d+)", line) for line in lines)
         pids = {match[1]: int(match[2]) for match in found if match}
         os.kill(pids["demo-1"], signal.SIGKILL)
-        _read_until(up, "demo-1: healthy -> unreachable: will: connection lost")
-        _read_until(up, "fleet: 1/2 healthy (1 unreachable)")
+        read_until(up, "demo-1: healthy -> unreachable: will: connection lost")
+        read_until(up, "fleet: 1/2 healthy (1 unreachable)")
         os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
         assert up.wait(timeout=30) == 0
     finally:

@@ -179,7 +179,9 @@ def health_messages(draw: st.DrawFn) -> HealthMessage:
         reason=draw(st.none() | _text),
         session=draw(st.text(alphabet="0123456789abcdef", min_size=1, max_size=16)),
         seq=draw(st.integers(0, 2**53)) if heartbeat_kind else None,
-        sent_at=draw(st.datetimes(timezones=st.just(UTC))),
+        sent_at=draw(
+            st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9000, 1, 1), timezones=st.just(UTC))
+        ),
         interval_s=draw(st.floats(min_value=0.001, max_value=86_400)),
         host=draw(_text),
         pid=draw(st.none() | st.integers(0, 2**31)),
