@@ -1,5 +1,8 @@
 """Questions about the past, answered in DuckDB SQL over the store: stays, uptime, MTTR, cost over time.
 
+Work and cost read `heartbeat_usage` / `model_usage` (schema v4), which cover raw heartbeats and the
+retention roll-ups alike, so windows older than the raw retention keep their figures.
+
 The dashboard's agent detail and fleet history views read these; every function takes the window
 (`since`, `until`) as arguments, so results are reproducible and testable with fixed times.
 """
@@ -96,11 +99,11 @@ def agent_commands(store: Store, agent: str, group: str | None, limit: int = 50)
 def agent_series(store: Store, agent: str, since: datetime, until: datetime, bucket_s: int) -> list[dict[str, Any]]:
     """Latency (worst p50/p95 per bucket), cost and tasks of one agent over time, in buckets of `bucket_s`."""
     sql = """
-        SELECT time_bucket(to_seconds($bucket_s), received_at) AS bucket,
-               max(latency_ms_p50) AS latency_ms_p50, max(latency_ms_p95) AS latency_ms_p95,
+        SELECT time_bucket(to_seconds($bucket_s), started_at) AS bucket,
+               max(latency_ms_p50_max) AS latency_ms_p50, max(latency_ms_p95_max) AS latency_ms_p95,
                sum(cost_usd) AS cost_usd, sum(ok) AS ok, sum(failed) AS failed
-        FROM heartbeats
-        WHERE agent = $agent AND received_at >= $since AND received_at < $until
+        FROM heartbeat_usage
+        WHERE agent = $agent AND started_at >= $since AND started_at < $until
         GROUP BY bucket ORDER BY bucket
     """
     return _rows(store, sql, {"agent": agent, "since": since, "until": until, "bucket_s": bucket_s})
@@ -109,8 +112,8 @@ def agent_series(store: Store, agent: str, since: datetime, until: datetime, buc
 def cost_over_time(store: Store, since: datetime, until: datetime, bucket_s: int) -> list[dict[str, Any]]:
     """Cost per agent per time bucket."""
     sql = """
-        SELECT time_bucket(to_seconds($bucket_s), received_at) AS bucket, agent, sum(cost_usd) AS cost_usd
-        FROM heartbeats WHERE received_at >= $since AND received_at < $until AND cost_usd > 0
+        SELECT time_bucket(to_seconds($bucket_s), started_at) AS bucket, agent, sum(cost_usd) AS cost_usd
+        FROM heartbeat_usage WHERE started_at >= $since AND started_at < $until AND cost_usd > 0
         GROUP BY ALL ORDER BY bucket, agent
     """
     return _rows(store, sql, {"since": since, "until": until, "bucket_s": bucket_s})
@@ -119,12 +122,8 @@ def cost_over_time(store: Store, since: datetime, until: datetime, bucket_s: int
 def cost_by_model(store: Store, since: datetime, until: datetime) -> list[dict[str, Any]]:
     """Cost and tokens per model, summed over the agents' per-model windows."""
     sql = """
-        SELECT m.key AS model,
-               sum(CAST(json_extract(m.value, '$.cost_usd') AS DOUBLE)) AS cost_usd,
-               sum(CAST(json_extract(m.value, '$.tokens_in') AS BIGINT)) AS tokens_in,
-               sum(CAST(json_extract(m.value, '$.tokens_out') AS BIGINT)) AS tokens_out
-        FROM heartbeats h, json_each(h.by_model) m
-        WHERE h.received_at >= $since AND h.received_at < $until
+        SELECT model, sum(cost_usd) AS cost_usd, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out
+        FROM model_usage WHERE started_at >= $since AND started_at < $until
         GROUP BY model ORDER BY cost_usd DESC, model
     """
     return _rows(store, sql, {"since": since, "until": until})
@@ -134,7 +133,7 @@ def top_spenders(store: Store, since: datetime, until: datetime, limit: int = 10
     sql = """
         SELECT agent, sum(cost_usd) AS cost_usd, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
                sum(ok) AS tasks_ok, sum(failed) AS tasks_failed
-        FROM heartbeats WHERE received_at >= $since AND received_at < $until
+        FROM heartbeat_usage WHERE started_at >= $since AND started_at < $until
         GROUP BY agent HAVING sum(cost_usd) > 0 ORDER BY cost_usd DESC, agent LIMIT $limit
     """
     return _rows(store, sql, {"since": since, "until": until, "limit": limit})

@@ -202,15 +202,14 @@ _SPENDERS = """
 SELECT agent, sum(cost_usd) AS cost_usd, coalesce(sum(tokens_in), 0) AS tokens_in,
        coalesce(sum(tokens_out), 0) AS tokens_out, coalesce(sum(ok), 0) AS tasks_ok,
        sum(sum(cost_usd)) OVER () AS total_usd
-FROM heartbeats WHERE received_at >= {since} AND received_at < {until}
+FROM heartbeat_usage WHERE started_at >= {since} AND started_at < {until}
 GROUP BY agent HAVING sum(cost_usd) > 0 ORDER BY cost_usd DESC, agent LIMIT {limit}
 """
 
 _MODELS = """
-SELECT m.key AS model, sum(CAST(json_extract(m.value, '$.cost_usd') AS DOUBLE)) AS cost_usd
-FROM heartbeats h, json_each(h.by_model) m
-WHERE h.received_at >= {since} AND h.received_at < {until}
-GROUP BY model HAVING sum(CAST(json_extract(m.value, '$.cost_usd') AS DOUBLE)) > 0
+SELECT model, sum(cost_usd) AS cost_usd
+FROM model_usage WHERE started_at >= {since} AND started_at < {until}
+GROUP BY model HAVING sum(cost_usd) > 0
 ORDER BY cost_usd DESC, model LIMIT {limit}
 """
 

@@ -277,6 +277,7 @@ class Store:
         With `timeout_s`, a query still running then is interrupted (QueryTimeout); the store goes on.
         """
         cursor = self._connection.cursor()
+        cursor.execute("SET TimeZone = 'UTC'")  # a cursor is a connection of its own: it does not inherit it
         timer = threading.Timer(timeout_s, cursor.interrupt) if timeout_s is not None else None
         try:
             if timer is not None:

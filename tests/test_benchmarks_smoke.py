@@ -58,3 +58,67 @@ def test_ingest_benchmark_smoke() -> None:
     assert figures["stored_distinct"] == figures["stored"] == figures["published"]
     assert figures["raw_received"] == figures["raw_published"]
     assert figures["stored_per_s"] > 0 and figures["raw_paho_per_s"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_alert_latency_benchmark_smoke() -> None:
+    figures = run_benchmark("alert_latency", "--kills", "3", "--broker", "amqtt")
+    assert figures["kills"] == 3
+    assert "mosquitto" not in figures  # only the brokers asked for are run
+    for key in ("count", "unalerted", "p50_ms", "p99_ms", "max_ms", "breakdown_p50_ms", "target_met"):
+        assert key in figures["amqtt"]
+    assert figures["amqtt"]["count"] == 3  # every SIGKILL became a `trigger` webhook POST
+    assert figures["amqtt"]["unalerted"] == 0
+    assert figures["amqtt"]["webhook_events"] == {"trigger": 3}
+    assert 0 < figures["amqtt"]["p50_ms"] <= figures["amqtt"]["p99_ms"] <= figures["amqtt"]["max_ms"]
+    assert figures["amqtt"]["p99_ms"] < 5000
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_benchmark_smoke() -> None:
+    import importlib.util
+
+    from tests.conftest import IN_CI
+
+    require_tool("chromium")
+    if importlib.util.find_spec("playwright") is None:
+        message = "playwright is not installed (pip install -e '.[test]')"
+        if IN_CI:
+            pytest.fail(f"CI must not skip: {message}")
+        pytest.skip(message)
+    figures = run_benchmark("dashboard", "--agents", "50", "--seconds", "3", "--renders", "1", "--sessions", "2")
+    for key in (
+        "first_render_s_median", "refresh_ms_median", "refresh_ms_p95", "list_agents_ms_median",
+        "fleet_frame_ms_median", "availability_ms", "cpu_percent_idle", "cpu_percent_1_session",
+        "cpu_percent_2_sessions", "ws_bytes_per_s_1_session", "transition_to_browser_s",
+    ):  # fmt: skip
+        assert key in figures
+    assert figures["agents"] == 50
+    assert figures["first_render_s_median"] > 0
+    assert 0 < figures["refresh_ms_median"] <= figures["refresh_ms_p95"]
+    assert figures["ws_bytes_per_s_1_session"] > 0  # the open page really received the 1 s updates
+    assert figures["cpu_percent_1_session"] > 0
+    assert 0 < figures["transition_to_browser_s"] < 10  # every will reached the page (a timeout fails the run)
+    assert len(figures["transition_to_browser_s_all"]) == 3
+
+
+@pytest.mark.timeout(120)
+def test_history_benchmark_smoke() -> None:
+    figures = run_benchmark("history", "--agents", "20", "--days", "2", "--raw-retention-days", "1")
+    for key in (
+        "agents", "days", "heartbeats", "db_mib_raw", "db_mib_after_rollup", "db_mib_after_checkpoint",
+        "db_mib_compacted", "query_ms", "query_ms_after_rollup", "rollup_max_call_ms", "rollup", "target_met",
+    ):  # fmt: skip
+        assert key in figures
+    assert figures["agents"] == 20 and figures["days"] == 2
+    assert figures["heartbeats"] == figures["storage"]["raw"]["tables"]["heartbeats"]["rows"] > 100_000
+    queries = ("outages_7d", "availability_daily", "reliability_30d", "incidents", "cost_daily", "down_at")
+    for name in queries:
+        assert figures["query_ms"][name] > 0 and figures["query_ms_after_rollup"][name] > 0
+        assert figures["query_rows"][name] > 0  # every question had an answer, before and after
+        assert figures["query_rows_after_rollup"][name] == figures["query_rows"][name]
+    assert all(figures["history_views_unchanged_by_rollup"].values())
+    assert figures["cost_daily_max_abs_difference_usd"] < 1e-9
+    assert figures["rollup"]["raw_rows"] > 0 and figures["rollup"]["minute_rows_added"] > 0  # a day moved
+    assert figures["rollup"]["summed_rows"] >= figures["rollup"]["raw_rows"]
+    assert figures["db_mib_raw"] > 0 and figures["db_mib_after_rollup"] > 0
