@@ -9,7 +9,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from publisher.mqtt import BrokerUrl, make_client
+from publisher.mqtt import BrokerUrl, connect_and_wait, make_client
 from publisher.protocol import (
     Command,
     ControlCommand,
@@ -70,11 +70,7 @@ def send_command(
     client = make_client(url, client_id=f"fleetpulse-ctl-{uuid.uuid4().hex[:8]}")
     client.on_message = on_message
     client.on_subscribe = lambda *args: subscribed.set()
-    try:
-        client.connect(url.host, url.port, keepalive=10)
-    except OSError as error:
-        raise ConnectionError(f"cannot reach the broker at {url.display}: {error.strerror or error}") from None
-    client.loop_start()
+    connect_and_wait(client, url)
     try:
         if agent is not None:
             client.subscribe(health_topic(agent), qos=1)

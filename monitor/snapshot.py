@@ -12,7 +12,7 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from monitor.health import AgentView, ThresholdPolicy, apply_message, tick
-from publisher.mqtt import BrokerUrl, make_client
+from publisher.mqtt import BrokerUrl, connect_and_wait, make_client
 from publisher.protocol import HEALTH_TOPIC_FILTER, HealthMessage, ProtocolError, parse_health
 
 __all__ = ["read_retained_health", "views_from_snapshot"]
@@ -46,12 +46,8 @@ def read_retained_health(url: BrokerUrl, quiet_s: float = 0.3, timeout_s: float 
     client = make_client(url, client_id=f"fleetpulse-status-{uuid.uuid4().hex[:8]}")
     client.on_message = on_message
     client.on_subscribe = on_subscribe
-    try:
-        client.connect(url.host, url.port, keepalive=10)
-    except OSError as error:
-        raise ConnectionError(f"cannot reach the broker at {url.display}: {error.strerror or error}") from None
+    connect_and_wait(client, url, timeout_s)
     client.subscribe(HEALTH_TOPIC_FILTER, qos=1)
-    client.loop_start()
     try:
         deadline = time.monotonic() + timeout_s
         if not subscribed.wait(timeout_s):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ssl
+import threading
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-__all__ = ["DEFAULT_BROKER_URL", "BrokerUrl", "make_client", "parse_broker_url"]
+__all__ = ["DEFAULT_BROKER_URL", "BrokerUrl", "connect_and_wait", "make_client", "parse_broker_url"]
 
 DEFAULT_BROKER_URL = "mqtt://127.0.0.1:1883"
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -87,3 +89,30 @@ def make_client(url: BrokerUrl, client_id: str, clean_session: bool = True) -> p
     if url.tls:
         client.tls_set(ca_certs=url.ca_file, cert_reqs=ssl.CERT_REQUIRED)
     return client
+
+
+def connect_and_wait(client: paho.Client, url: BrokerUrl, timeout_s: float = 10.0) -> None:
+    """Connect `client`, start its network loop and wait for the broker's answer (CONNACK).
+
+    ConnectionError with a readable reason when the broker cannot be reached, refuses the credentials,
+    or does not answer; on return the client is connected and its loop runs.
+    """
+    answered = threading.Event()
+    refusal: list[str] = []
+
+    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            refusal.append(str(reason_code))
+        answered.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(url.host, url.port, keepalive=10)
+    except OSError as error:
+        raise ConnectionError(f"cannot reach the broker at {url.display}: {error.strerror or error}") from None
+    client.loop_start()
+    if not answered.wait(timeout_s) or refusal:
+        client.loop_stop()
+        why = f"refused the connection: {refusal[0]}" if refusal else f"did not answer within {timeout_s:g} s"
+        hint = " (check the user name and password in the broker URL)" if refusal else ""
+        raise ConnectionError(f"the broker at {url.display} {why}{hint}")

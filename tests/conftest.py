@@ -27,11 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent
 IN_CI = bool(os.environ.get("CI"))
 
 
+_DEBIAN_PACKAGES = {
+    "mosquitto_pub": "mosquitto-clients",
+    "mosquitto_sub": "mosquitto-clients",
+    "mosquitto_passwd": "mosquitto",
+}
+
+
 def require_tool(name: str) -> str:
     """Path of an external tool; a missing tool skips locally but fails in CI, where nothing may be skipped."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if path is None:
-        message = f"{name} is not installed (Debian: apt-get install -y mosquitto mosquitto-clients)"
+        package = _DEBIAN_PACKAGES.get(name, name)
+        message = f"{name} is not installed (Debian: apt-get install -y {package}; .ci/run installs it)"
         if IN_CI:
             pytest.fail(f"CI must not skip: {message}")
         pytest.skip(message)

@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from broker import PasswordFile
+from broker import EmbeddedBroker, PasswordFile, Role
 from broker.netutil import free_port
 from monitor.cli import main
 from monitor.control import send_command
@@ -283,3 +283,21 @@ def test_without_a_password_file_the_broker_says_it_is_zero_config(tmp_path: Pat
             up.wait()
         assert up.stdout is not None
         up.stdout.close()
+
+
+def test_operator_tools_say_when_the_broker_refuses_their_credentials(tmp_path: Path) -> None:
+    from monitor.snapshot import read_retained_health
+    from publisher.mqtt import parse_broker_url
+    from publisher.wire import Command, ControlCommand
+
+    passwords = PasswordFile(tmp_path / "fleet.passwd")
+    passwords.add("ops", "right-password-123", Role.MONITOR)
+    passwords.save()
+    with EmbeddedBroker(port=0, password_file=passwords.path) as broker:
+        wrong = parse_broker_url(broker.url.replace("mqtt://", "mqtt://ops:not-the-password@"))
+        with pytest.raises(ConnectionError, match="refused the connection: Bad user name or password"):
+            read_retained_health(wrong)
+        order = ControlCommand(command=Command.KILL, id="c1", issued_by="test", reason="")
+        with pytest.raises(ConnectionError, match="refused the connection") as refused:
+            send_command(wrong, order, agent="someone")
+        assert "not-the-password" not in str(refused.value)
