@@ -15,7 +15,13 @@ from broker.credentials import PasswordFile
 from broker.embedded import MAX_MESSAGE_BYTES, TlsFiles
 from broker.netutil import free_port, wait_for_port
 
-__all__ = ["MosquittoProcess", "mosquitto_binary", "mosquitto_version", "write_mosquitto_config"]
+__all__ = [
+    "MONITOR_QUEUE_CONFIG",
+    "MosquittoProcess",
+    "mosquitto_binary",
+    "mosquitto_version",
+    "write_mosquitto_config",
+]
 
 # The account Debian's Mosquitto drops to when started as root, before it reads the password file.
 _MOSQUITTO_ACCOUNT = "mosquitto"
@@ -55,9 +61,16 @@ def write_mosquitto_config(
         f"acl_file {acl}",
         "# Health messages are <= 16 KiB (SPEC §2): a client sending a bigger packet is disconnected.",
         f"max_packet_size {MAX_MESSAGE_BYTES}",
+        *MONITOR_QUEUE_CONFIG,
     ]
     conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [conf, passwd, acl]
+
+
+# Mosquitto queues at most 1,000 QoS 1 messages for a slow or reconnecting client and silently drops the
+# rest: a burst (one flooding client, a monitor restart with a large fleet) would cost the monitor other
+# agents' heartbeats. 100,000 messages of <= 16 KiB bound the broker's memory at ~1.6 GiB per monitor.
+MONITOR_QUEUE_CONFIG = ("max_queued_messages 100000",)
 
 
 def _account_exists(name: str) -> bool:

@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import EmbeddedBroker
-from broker.mosquitto import MosquittoProcess
+from broker.mosquitto import MONITOR_QUEUE_CONFIG, MosquittoProcess
 from broker.netutil import free_port
 from publisher.protocol import HealthMessage, ProtocolError, parse_health
 from tests.http_receiver import Receiver
@@ -80,7 +80,7 @@ def amqtt_broker() -> Iterator[BrokerProcess]:
 @pytest.fixture
 def mosquitto_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     require_tool("mosquitto")
-    mosquitto = MosquittoProcess(tmp_path).start()
+    mosquitto = MosquittoProcess(tmp_path, MONITOR_QUEUE_CONFIG).start()  # as `mosquitto-config` writes it
     yield BrokerProcess("mosquitto", mosquitto.port, mosquitto.stop, mosquitto.start, lambda: mosquitto.pid)
     mosquitto.stop()
 
