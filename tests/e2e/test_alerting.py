@@ -116,6 +116,8 @@ def test_a_silence_holds_alerts_back_and_is_listed(
         await_events(receiver, [("trigger", "loud-1")], timeout_s=5)  # the pipeline works...
         quiet_for(1.0)
         assert events(receiver, "maint-1") == []  # ...and the silenced agent stayed quiet
+        (delivery,) = eventually(lambda: [a for a in client.alerts() if a["delivered_at"]])
+        assert (delivery["agent"], delivery["event"], delivery["attempts"]) == ("loud-1", "trigger", 1)
         incidents = {i["agent"]: i["notified"] for i in client.incidents()}
         assert incidents == {"maint-1": False, "loud-1": True}
         client.unsilence(silence["id"])
