@@ -132,8 +132,10 @@ class _Handler(tornado.web.RequestHandler):
         if self.auth is None or self.request.path == "/healthz":  # liveness checks need no secret
             return
         who = self.auth.who(self.request.headers.get("Authorization"))
-        if who is None:
-            # A browser that logged in on the dashboard's page carries Panel's signed user cookie.
+        if who is None and self.request.method in ("GET", "HEAD"):
+            # A browser that logged in on the dashboard's page carries Panel's signed user cookie. Reads
+            # only: a cookie rides along with requests other sites make (CSRF), a header does not; the
+            # dashboard's own buttons act over its websocket, not this API.
             cookie = self.get_secure_cookie("user")
             who = cookie.decode("utf-8", errors="replace") if cookie else None
         if who is None:

@@ -203,5 +203,7 @@ def test_with_auth_the_dashboard_and_api_ask_for_the_same_credentials(fleet: Fle
     page.locator("input[name=password]").fill(PASSWORD)
     page.locator("button[type=submit], input[type=submit]").first.click()
     page.get_by_text("3/3 healthy").wait_for(timeout=30_000)
-    answer = page.request.get(f"{fleet.url}api/agents")  # the login cookie opens the API too
+    answer = page.request.get(f"{fleet.url}api/agents")  # the login cookie opens the API's reads too
     assert answer.status == 200 and len(answer.json()) == 3
+    refused = page.request.post(f"{fleet.url}api/agents/demo-1/kill", data="{}")  # but no command (CSRF)
+    assert refused.status == 401
