@@ -139,7 +139,7 @@ def test_a_receiver_that_is_down_gets_the_alert_when_it_returns(
     receiver_down.start()
     await_events(receiver_down, [("trigger", "orders")], timeout_s=10)
     ((attempts, delivered, error),) = rows(monitor, "SELECT attempts, delivered_at IS NOT NULL, error FROM alerts")
-    assert attempts > 3 and delivered and error is None
+    assert attempts >= 3 and delivered and error is None
     log = rows(monitor, "SELECT attempt, delivered, error IS NULL FROM alert_attempts ORDER BY attempt")
     assert [a for a, _, _ in log] == list(range(1, attempts + 1))  # every attempt, in order
     assert [(d, ok) for _, d, ok in log] == [(False, False)] * (attempts - 1) + [(True, True)]
@@ -256,7 +256,8 @@ def test_email_through_apprise_reaches_a_local_smtp_server(
         smtp.stop()
     (message,) = mailbox.messages
     assert message["To"] == "oncall@example.com" and "mailed" in message["Subject"]
-    assert rows(monitor, "SELECT event, delivered_at IS NOT NULL FROM alerts") == [("trigger", True)]
+    # The row is updated just after the SMTP server has the mail: wait for it.
+    eventually(lambda: rows(monitor, "SELECT event, delivered_at IS NOT NULL FROM alerts") == [("trigger", True)])
 
 
 def test_a_channel_url_nobody_understands_fails_at_startup(amqtt_broker: BrokerProcess, tmp_path: Path) -> None:
