@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -213,3 +214,22 @@ def read_until(process: subprocess.Popen[str], needle: str, timeout_s: float = 2
         if needle in line:
             return lines
     raise AssertionError(f"{needle!r} not printed within {timeout_s} s; got:\n{''.join(lines)}")
+
+
+CLI = [sys.executable, "-m", "monitor.cli"]
+
+
+@contextlib.contextmanager
+def cli_process(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """`fleetpulse ARGS` in a process group of its own, stdout and stderr merged; killed at the end if it still runs."""
+    process = subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=ROOT
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()

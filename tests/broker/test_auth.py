@@ -6,8 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,11 +24,8 @@ from publisher import Agent
 from publisher.mqtt import parse_broker_url
 from publisher.protocol import Command, ControlCommand
 from tests.broker.conftest import SecuredBroker, start_secured
-from tests.conftest import read_until
+from tests.conftest import cli_process, read_until
 from tests.e2e.test_monitor import eventually, state_of
-
-CLI = [sys.executable, "-m", "monitor.cli"]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Inbox:
@@ -237,13 +232,8 @@ def test_up_with_a_password_file_runs_its_monitor_and_demo_agents_with_issued_cr
     add = ["credentials", "add", "ops", "--password", "pw", "--role", "monitor", "--file", str(password_file)]
     assert main(add) == 0
     port = free_port()
-    up = subprocess.Popen(
-        [*CLI, "up", "--demo", "1", "--port", str(port), "--dashboard-port", "0", "--password-file",
-         str(password_file), "--db", str(tmp_path / "up.duckdb")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        cwd=ROOT,
-    )  # fmt: skip
-    try:
+    up_args = ["up", "--demo", "1", "--port", str(port), "--dashboard-port", "0", "--password-file", str(password_file)]
+    with cli_process(*up_args, "--db", str(tmp_path / "up.duckdb")) as up:
         lines = read_until(up, "fleet: 1/1 healthy")
         assert any(f"users of {password_file} only" in line for line in lines)
         assert not any("zero-config" in line for line in lines)
@@ -256,39 +246,20 @@ def test_up_with_a_password_file_runs_its_monitor_and_demo_agents_with_issued_cr
         anonymous.close()
         os.killpg(up.pid, signal.SIGINT)
         assert up.wait(timeout=30) == 0
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        assert up.stdout is not None
-        up.stdout.close()
 
 
 def test_without_a_password_file_the_broker_says_it_is_zero_config(tmp_path: Path) -> None:
     # (`up` starts its broker through the same code, and says the same.)
     port = free_port()
-    up = subprocess.Popen(
-        [*CLI, "broker", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        cwd=ROOT,
-    )  # fmt: skip
-    try:
+    with cli_process("broker", "--port", str(port)) as up:
         lines = read_until(up, "Ctrl-C stops the broker")
         assert re.search(r"zero-config: anonymous access", "".join(lines))
         os.killpg(up.pid, signal.SIGINT)
         assert up.wait(timeout=30) == 0
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        assert up.stdout is not None
-        up.stdout.close()
 
 
 def test_operator_tools_say_when_the_broker_refuses_their_credentials(tmp_path: Path) -> None:
     from monitor.snapshot import read_retained_health
-    from publisher.mqtt import parse_broker_url
-    from publisher.wire import Command, ControlCommand
 
     passwords = PasswordFile(tmp_path / "fleet.passwd")
     passwords.add("ops", "right-password-123", Role.MONITOR)

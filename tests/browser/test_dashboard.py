@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from broker.netutil import free_port
-from tests.conftest import IN_CI, ROOT, require_tool
+from tests.conftest import IN_CI, ROOT, cli_process, require_tool
 from tests.http_receiver import Receiver
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -61,28 +61,23 @@ def fleet(tmp_path: Path, request: pytest.FixtureRequest, receiver: Receiver) ->
     """`fleetpulse up --demo 3` on free ports (demo-2 and demo-3 depend on demo-1), alerting to `receiver`."""
     http_port = free_port()
     extra = [*getattr(request, "param", []), "--notify", receiver.url]
-    up = subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", "up", "--demo", "3", "--port", str(free_port()),
-         "--dashboard-port", str(http_port), "--db", str(tmp_path / "fleet.duckdb"), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    pids: dict[str, int] = {}
-    assert up.stdout is not None
-    for line in up.stdout:
-        if match := re.search(r"demo agent (\S+) runs as pid (\d+)", line):
-            pids[match[1]] = int(match[2])
-        if "fleet: 3/3 healthy" in line:
-            break
-    try:
-        yield Fleet(f"http://127.0.0.1:{http_port}/", pids)
-    finally:
-        os.killpg(up.pid, signal.SIGINT)
+    with cli_process(
+        "up", "--demo", "3", "--port", str(free_port()), "--dashboard-port", str(http_port),
+        "--db", str(tmp_path / "fleet.duckdb"), *extra,
+    ) as up:  # fmt: skip
+        pids: dict[str, int] = {}
+        assert up.stdout is not None
+        for line in up.stdout:
+            if match := re.search(r"demo agent (\S+) runs as pid (\d+)", line):
+                pids[match[1]] = int(match[2])
+            if "fleet: 3/3 healthy" in line:
+                break
         try:
-            up.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        up.stdout.close()
+            yield Fleet(f"http://127.0.0.1:{http_port}/", pids)
+        finally:
+            os.killpg(up.pid, signal.SIGINT)  # a clean stop; cli_process kills it if that takes over 30 s
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                up.wait(timeout=30)
 
 
 @pytest.fixture

@@ -7,16 +7,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from broker.netutil import free_port, wait_for_port
 from publisher.protocol import Command, Kind
-from tests.conftest import BrokerProcess, HealthRecorder, read_until
+from tests.conftest import CLI, BrokerProcess, HealthRecorder, cli_process, read_until
 from tests.e2e.test_agent_lifecycle import _of, _publish_command
-
-CLI = [sys.executable, "-m", "monitor.cli"]
 
 
 def test_broker_on_a_taken_port_is_one_line_and_exit_2() -> None:
@@ -41,12 +38,17 @@ def test_bad_arguments_are_one_line_errors() -> None:
 
 def test_up_with_demo_agents_announces_a_kill_9_and_stops_cleanly(tmp_path: Path) -> None:
     port, http_port = free_port(), free_port()
-    up = subprocess.Popen(
-        [*CLI, "up", "--demo", "2", "--port", str(port), "--dashboard-port", str(http_port),
-         "--db", str(tmp_path / "up.duckdb")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
+    with cli_process(
+        "up",
+        "--demo",
+        "2",
+        "--port",
+        str(port),
+        "--dashboard-port",
+        str(http_port),
+        "--db",
+        str(tmp_path / "up.duckdb"),
+    ) as up:
         lines = read_until(up, "fleet: 2/2 healthy")
         found = (re.search(r"demo agent (\S+) runs as pid (\d+)", line) for line in lines)
         pids = {match[1]: int(match[2]) for match in found if match}
@@ -55,12 +57,6 @@ def test_up_with_demo_agents_announces_a_kill_9_and_stops_cleanly(tmp_path: Path
         read_until(up, "fleet: 1/2 healthy (1 unreachable)")
         os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
         assert up.wait(timeout=30) == 0
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        assert up.stdout is not None
-        up.stdout.close()
 
 
 def test_demo_agents_obey_the_kill_command(

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,10 +24,9 @@ from monitor.health import ThresholdPolicy, Thresholds
 from monitor.service import Monitor, MonitorConfig
 from monitor.store import Store
 from publisher import Agent
-from tests.conftest import BrokerProcess
+from tests.conftest import CLI, BrokerProcess
 
 AGENT_SCRIPT = "tests/e2e/_agent_process.py"
-CLI = [sys.executable, "-m", "monitor.cli"]
 MonitorFactory = Callable[..., Monitor]
 
 

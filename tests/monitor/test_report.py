@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,10 +35,9 @@ from monitor.report import (
 )
 from monitor.schema import migrate
 from monitor.store import Store
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
 T0 = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
-CLI = [sys.executable, "-m", "monitor.cli"]
 
 
 def at(minutes: float) -> datetime:

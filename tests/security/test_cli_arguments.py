@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import ast
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
-CLI = [sys.executable, "-m", "monitor.cli"]
 # Path traversal, MQTT wildcards, shell syntax, a newline, too long, a full-width look-alike letter.
 HOSTILE_IDS = ["../../etc/passwd", "a/+/#", "a;touch /tmp/pwned $(reboot)", "a\nb", "x" * 65, "\uff41gent"]
 
