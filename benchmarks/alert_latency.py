@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import random
 import sys
 import tempfile
@@ -47,10 +46,11 @@ from benchmarks.detection import (
     WillWatcher,
     monitor_timing,
     percentile,
+    rounded,
     running_broker,
     wait_healthy,
 )
-from benchmarks.sdk_overhead import Target, machine_description
+from benchmarks.sdk_overhead import Target, cpu_model, machine_description
 from monitor.service import Monitor, MonitorConfig
 
 ALERT_TIMEOUT_S = 10.0  # a kill without its trigger webhook by then counts as unalerted
@@ -199,16 +199,6 @@ def measure_broker(kind: str, kills: int, directory: Path, jitter: random.Random
     return BrokerFigures(description, times, dict(receiver.events))
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU model"
-
-
 def _knob(value: float | tuple[float, ...]) -> str:
     # alert_backoff_s is a tuple of waits, the other knobs single numbers.
     return ", ".join(f"{wait_s:g}" for wait_s in value).join("()") if isinstance(value, tuple) else f"{value:g}"
@@ -273,10 +263,6 @@ def format_report(kills: int, figures: list[BrokerFigures], targets: list[Target
     return "\n".join(lines)
 
 
-def _rounded(value: float) -> float | None:
-    return None if math.isnan(value) else round(value, 2)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.alert_latency",
@@ -308,12 +294,12 @@ def main(argv: list[str] | None = None) -> None:
             "broker": broker.broker,
             "count": len(broker.latencies_ms),
             "unalerted": broker.unalerted,
-            "p50_ms": _rounded(broker.percentile_ms(0.50)),
-            "p90_ms": _rounded(broker.percentile_ms(0.90)),
-            "p99_ms": _rounded(broker.percentile_ms(0.99)),
-            "max_ms": _rounded(broker.percentile_ms(1.0)),
+            "p50_ms": rounded(broker.percentile_ms(0.50)),
+            "p90_ms": rounded(broker.percentile_ms(0.90)),
+            "p99_ms": rounded(broker.percentile_ms(0.99)),
+            "max_ms": rounded(broker.percentile_ms(1.0)),
             "breakdown_p50_ms": {
-                segment: _rounded(percentile(broker.segment_ms(index), 0.5)) for index, segment in enumerate(SEGMENTS)
+                segment: rounded(percentile(broker.segment_ms(index), 0.5)) for index, segment in enumerate(SEGMENTS)
             },
             "webhook_events": broker.webhook_events,
             "target_met": target.met,

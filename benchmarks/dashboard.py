@@ -56,6 +56,7 @@ import psutil
 
 from benchmarks._child import EventChild
 from benchmarks._ingest_publisher import INTERVAL_S
+from benchmarks.sdk_overhead import cpu_model
 from broker.embedded import EmbeddedBroker
 from broker.mosquitto import MosquittoProcess
 from broker.netutil import free_port
@@ -120,16 +121,9 @@ def timed_ms(call: Callable[[], object], count: int) -> list[float]:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
     return {
         "platform": platform.platform(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "panel": pn.__version__,

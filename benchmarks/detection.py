@@ -276,7 +276,7 @@ def format_report(kills: int, figures: list[BrokerFigures], targets: list[Target
     return "\n".join(lines)
 
 
-def _rounded(value: float) -> float | None:
+def rounded(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 2)
 
 
@@ -311,11 +311,11 @@ def main(argv: list[str] | None = None) -> None:
             "broker": broker.broker,
             "count": broker.count,
             "undetected": broker.undetected,
-            "p50_ms": _rounded(broker.percentile_ms(0.50)),
-            "p99_ms": _rounded(broker.percentile_ms(0.99)),
-            "max_ms": _rounded(broker.percentile_ms(1.0)),
-            "will_seen_p50_ms": _rounded(percentile(broker.will_seen_ms, 0.50)),
-            "will_seen_max_ms": _rounded(percentile(broker.will_seen_ms, 1.0)),
+            "p50_ms": rounded(broker.percentile_ms(0.50)),
+            "p99_ms": rounded(broker.percentile_ms(0.99)),
+            "max_ms": rounded(broker.percentile_ms(1.0)),
+            "will_seen_p50_ms": rounded(percentile(broker.will_seen_ms, 0.50)),
+            "will_seen_max_ms": rounded(percentile(broker.will_seen_ms, 1.0)),
             "target_met": target.met,
         }
     summary["target_p99_ms"] = TARGET_P99_MS

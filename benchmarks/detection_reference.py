@@ -25,24 +25,26 @@ the kill, mean 90 s). The figures are printed as a table and, on the last line, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import random
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from benchmarks._fleet import Fleet
-from benchmarks.detection import BROKERS, UnreachableWatcher, measure_broker, percentile, wait_healthy
+from benchmarks.detection import (
+    BROKERS,
+    UnreachableWatcher,
+    measure_broker,
+    percentile,
+    running_broker,
+    wait_healthy,
+)
 from benchmarks.sdk_overhead import machine_description
-from broker import EmbeddedBroker
 from broker.embedded import KEEPALIVE_GRACE_FACTOR
-from broker.mosquitto import MosquittoProcess
 from monitor.service import Monitor, MonitorConfig
 
 INTERVAL_S = 5.0  # fleetpulse agents here: heartbeats, far slower than the will
@@ -89,16 +91,6 @@ class BrokerRun:
     events: list[Event]
 
 
-@contextlib.contextmanager
-def _broker(kind: str, directory: Path) -> Iterator[tuple[str, str]]:
-    if kind == "amqtt":
-        with EmbeddedBroker("127.0.0.1", 0) as embedded:
-            yield embedded.url, f"amqtt {version('amqtt')} (embedded)"
-    else:
-        with MosquittoProcess(directory) as mosquitto:
-            yield mosquitto.url, f"mosquitto {mosquitto.version}"
-
-
 def measure(kind: str, args: argparse.Namespace, directory: Path, rng: random.Random, started: float) -> BrokerRun:
     agents = args.kills + args.freezes
     kill_ms: list[float] = []
@@ -106,7 +98,7 @@ def measure(kind: str, args: argparse.Namespace, directory: Path, rng: random.Ra
     since_packet_s: list[float] = []
     events: list[Event] = []
     undetected = 0
-    with _broker(kind, directory) as (url, description):
+    with running_broker(kind, directory) as (url, description):
         watcher = UnreachableWatcher()
         monitor = Monitor(MonitorConfig(broker=url, db_path=directory / f"reference-{kind}.duckdb"))
         monitor.add_listener(watcher)

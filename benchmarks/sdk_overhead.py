@@ -212,6 +212,17 @@ def report_metric_calls_per_s(seconds: float, threads: int) -> float:
     return sum(calls) / (time.perf_counter() - started)
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU model"
+
+
 def machine_description() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
