@@ -27,6 +27,7 @@ from monitor.health import (
     AgentView,
     Outcome,
     ThresholdPolicy,
+    Thresholds,
     Transition,
     apply_message,
     broker_lost,
@@ -540,7 +541,7 @@ class Monitor:
         self._stats[outcome.value] += 1
         if outcome is Outcome.LATE:
             self._views[message.agent] = view
-            self._schedule(message.agent, view)
+            self._schedule(message.agent, view, thresholds)
             pending.add_message(message, event.received_at, event.retained)
             if message.metrics is not None:
                 self._usage.add(message.agent, message.metrics, event.received_at)
@@ -548,7 +549,7 @@ class Monitor:
         if outcome is not Outcome.APPLIED:
             return
         self._views[message.agent] = view
-        self._schedule(message.agent, view)
+        self._schedule(message.agent, view, thresholds)
         pending.agents[message.agent] = view
         if not (event.retained and transition is None and message.kind is not Kind.HEARTBEAT):
             # (A retained will or stop that only restores what was known is no new message: its row
@@ -646,15 +647,18 @@ class Monitor:
                 self.send_command(command, agent=breach.agent)
                 _log.warning("monitor: %s %s: %s", breach.action, breach.agent, breach.notification.reason)
 
-    def _schedule(self, agent: str, view: AgentView) -> None:
+    def _schedule(self, agent: str, view: AgentView, thresholds: Thresholds | None = None) -> None:
         """Remember when `view` must next be ticked (called whenever a view is replaced)."""
-        due = next_check_at(view, self.config.thresholds.for_agent(agent))
+        due = next_check_at(view, thresholds if thresholds is not None else self.config.thresholds.for_agent(agent))
         if due is None:
             self._due_at.pop(agent, None)
         elif self._due_at.get(agent) != due:
-            self._due_at[agent] = due
-            self._due_order += 1
-            heapq.heappush(self._due, (due, self._due_order, agent))
+            self._push(agent, due)
+
+    def _push(self, agent: str, due: datetime) -> None:
+        self._due_at[agent] = due
+        self._due_order += 1
+        heapq.heappush(self._due, (due, self._due_order, agent))
 
     def _schedule_all(self) -> None:
         self._due, self._due_at = [], {}
@@ -672,14 +676,13 @@ class Monitor:
             view = self._views.get(agent)
             if view is None:
                 continue
-            new_view, transition = tick(view, now, self.config.thresholds.for_agent(agent))
+            thresholds = self.config.thresholds.for_agent(agent)
+            new_view, transition = tick(view, now, thresholds)
             if new_view is view:
                 # Nothing changed (a deadline a float's ulp early): look again shortly, never spin.
-                self._due_at[agent] = retry = now + timedelta(milliseconds=1)
-                self._due_order += 1
-                heapq.heappush(self._due, (retry, self._due_order, agent))
+                self._push(agent, now + timedelta(milliseconds=1))
                 continue
             self._views[agent] = pending.agents[agent] = new_view
-            self._schedule(agent, new_view)
+            self._schedule(agent, new_view, thresholds)
             if transition is not None:
                 pending.transitions.append(transition)
