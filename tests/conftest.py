@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -45,6 +46,18 @@ def require_tool(name: str) -> str:
             pytest.fail(f"CI must not skip: {message}")
         pytest.skip(message)
     return path
+
+
+def sync_playwright() -> Any:
+    """playwright's `sync_playwright`; a missing playwright skips locally but fails in CI, like a missing tool."""
+    try:
+        from playwright.sync_api import sync_playwright as start
+    except ImportError:
+        message = "playwright is not installed (pip install -e '.[test]')"
+        if IN_CI:
+            pytest.fail(f"CI must not skip: {message}")
+        pytest.skip(message)
+    return start
 
 
 @dataclass

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from broker.netutil import free_port
-from tests.conftest import IN_CI, ROOT, cli_process, require_tool
+from tests.conftest import ROOT, cli_process, require_tool, sync_playwright
 from tests.http_receiver import Receiver
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -43,17 +43,6 @@ class Fleet:
         with urllib.request.urlopen(request, timeout=10) as response:
             rows: list[list[Any]] = json.load(response)["rows"]
         return rows
-
-
-def _sync_playwright() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        message = "playwright is not installed (pip install -e '.[test]')"
-        if IN_CI:
-            pytest.fail(f"CI must not skip: {message}")
-        pytest.skip(message)
-    return sync_playwright
 
 
 @pytest.fixture
@@ -83,7 +72,7 @@ def fleet(tmp_path: Path, request: pytest.FixtureRequest, receiver: Receiver) ->
 @pytest.fixture
 def browser() -> Iterator[Any]:
     chromium = require_tool("chromium")
-    with _sync_playwright()() as playwright:
+    with sync_playwright()() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
