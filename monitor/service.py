@@ -50,7 +50,6 @@ from publisher.protocol import (
     format_timestamp,
     group_control_topic,
     is_valid_id,
-    monitor_status_topic,
     parse_control,
     parse_health,
     validate_id,
@@ -96,6 +95,13 @@ class MonitorConfig:
     # drops, the monitor's own included, just before it drops the monitor. Will-caused transitions are
     # held this long; if the broker goes away meanwhile they were a shutdown, not deaths.
     will_settle_s: float = 0.1
+    # After the monitor reconnects, the broker may hand it wills it published while it shut down (queued
+    # for the monitor's persistent session, or retained): after a restart every agent's will arrives,
+    # though the agents are alive and reconnecting. For this long after a reconnect, a will is held
+    # until the window ends and dropped if its agent comes back with a new session meanwhile (the SDK
+    # reconnects within 30 s, its longest backoff); an agent that does not come back is released as
+    # unreachable. The cost: a crash-and-restart inside the window is not recorded as an outage.
+    reconnect_settle_s: float = 30.0
     # The monitor sends itself a probe through the broker every tick. With no probe back for this long,
     # the broker has stopped delivering (stalled, partitioned, or shutting down without closing our
     # connection yet): agents become unknown and the clock stops judging them, rather than marking the
@@ -190,7 +196,10 @@ class Monitor:
         self._listeners: list[TransitionListener] = []
         self._recent_commands: OrderedDict[str, None] = OrderedDict()
         self._agents_written: dict[str, tuple[tuple[Any, ...], float]] = {}
-        self._held_wills: list[tuple[float, Transition]] = []  # (release at, monotonic), transition
+        # Wills acted on but not yet committed, by agent, in release order: (release at, monotonic),
+        # the transition, and the view before the will while the reconnect settle window holds it.
+        self._held_wills: dict[str, tuple[float, Transition, AgentView | None]] = {}
+        self._settle_until = 0.0  # monotonic: the end of the window after a reconnect
         self._rejections = _TokenBucket(config.rejected_rows_per_s, 500)
         self._agent_rates = _PerAgentRateLimit(config.agent_messages_per_s, config.agent_burst)
         self._connected = False
@@ -202,7 +211,6 @@ class Monitor:
         self._subscriber: Subscriber | None = None
         self._core: threading.Thread | None = None
         self.api_url: str | None = None
-        self._presence_topic = monitor_status_topic(config.monitor_id)
         # Channels are built now, so a URL apprise cannot use is an error at startup, not at 3 am.
         self.alerting = Alerting(config.alerts, config.notify, config.monitor_id, config.alert_backoff_s)
         self._last_cost_check = 0.0
@@ -254,7 +262,12 @@ class Monitor:
         if self._subscriber is not None:
             self._subscriber.stop()
         self._stopping.set()
-        self._core.join(timeout=30)
+        # The core stores everything already received before it ends: never close the database under
+        # it (DuckDB aborts the process). A big backlog can take a while; say so.
+        while self._core.is_alive():
+            self._core.join(timeout=10)
+            if self._core.is_alive():
+                _log.warning("monitor %s: still storing what was received before the stop", self.config.monitor_id)
         self.alerting.stop()  # what is not delivered yet stays recorded; the next start resumes it
         assert self._store is not None
         self._store.close()
@@ -311,7 +324,10 @@ class Monitor:
             return self._usage.get(agent, now)
 
     def stats(self) -> dict[str, int]:
-        return dict(self._stats)
+        stats = dict(self._stats)
+        if self._subscriber is not None and self._subscriber.stale_own_wills:
+            stats["stale_own_wills"] = self._subscriber.stale_own_wills
+        return stats
 
     def send_command(self, command: ControlCommand, agent: str | None = None, group: str | None = None) -> str:
         """Publish an operator command (QoS 1); the audit row is written when it comes back on the wire."""
@@ -335,7 +351,8 @@ class Monitor:
                 # Wake for the next held will on time, not up to one idle wait after it is due.
                 wait_s = 0.05
                 if self._held_wills:
-                    wait_s = min(wait_s, max(0.0, self._held_wills[0][0] - time.monotonic()))
+                    release_at = next(iter(self._held_wills.values()))[0]
+                    wait_s = min(wait_s, max(0.0, release_at - time.monotonic()))
                 events.append(self._events.get(timeout=wait_s))
                 while len(events) < 20_000:
                     events.append(self._events.get_nowait())
@@ -369,7 +386,7 @@ class Monitor:
             retention.run_if_due(self.store, self._clock(), time.monotonic())
             if self._stopping.is_set() and self._events.empty():
                 break
-        pending.transitions.extend(transition for _, transition in self._held_wills)
+        pending.transitions.extend(transition for _, transition, _ in self._held_wills.values())
         pending.events.append((self._clock(), self.config.monitor_id, "stopped", "graceful shutdown"))
         self._flush(pending, final=True)
 
@@ -434,9 +451,7 @@ class Monitor:
     def _handle(self, event: Event, pending: WriteBatch) -> None:
         if isinstance(event, Received):
             self._stats["received"] += 1
-            if event.topic == self._presence_topic:
-                self._handle_own_presence(event, pending)
-            elif event.topic.startswith("agents/") and event.topic.endswith("/health"):
+            if event.topic.startswith("agents/") and event.topic.endswith("/health"):
                 self._handle_health(event, pending)
             elif event.topic.endswith("/control"):
                 self._handle_command(event, pending)
@@ -445,6 +460,8 @@ class Monitor:
         elif isinstance(event, BrokerConnected):
             self._connected = True
             self._broker_silent = False
+            if self._ever_connected:
+                self._settle_until = time.monotonic() + self.config.reconnect_settle_s
             reason = "monitor reconnected to the broker" if self._ever_connected else "monitor started"
             self._ever_connected = True
             self._views = {agent: listening_resumed(view, event.at, reason) for agent, view in self._views.items()}
@@ -463,18 +480,6 @@ class Monitor:
             self._schedule_all()
             pending.events.append((event.at, self.config.monitor_id, "broker_lost", event.reason))
             self._alert_broker(back=False, at=event.at, reason=event.reason)
-
-    def _handle_own_presence(self, event: Received, pending: WriteBatch) -> None:
-        try:
-            presence = json.loads(event.payload)
-        except ValueError:
-            return
-        # Our own will, delivered to us while we are connected: the broker is dropping every client,
-        # i.e. shutting down. Treat it as losing the broker now, before the other wills land.
-        assert self._subscriber is not None
-        own_will = presence.get("instance") == self._subscriber.instance and presence.get("state") == "offline"
-        if own_will and presence.get("reason") == "will: connection lost":
-            self._handle(BrokerLost(event.received_at, "the broker is shutting down (it published our will)"), pending)
 
     def _broker_delivers(self, pending: WriteBatch) -> bool:
         """Send the next probe; notice when probes stop coming back, and when they come back again."""
@@ -505,12 +510,37 @@ class Monitor:
 
     def _release_wills(self, pending: WriteBatch) -> None:
         now = time.monotonic()
-        while self._held_wills and self._held_wills[0][0] <= now:
-            pending.transitions.append(self._held_wills.pop(0)[1])
+        while self._held_wills:
+            agent, (release_at, transition, _) = next(iter(self._held_wills.items()))
+            if release_at > now:
+                break
+            del self._held_wills[agent]
+            pending.transitions.append(transition)
+
+    def _hold_will(self, transition: Transition, before: AgentView | None) -> None:
+        now = time.monotonic()
+        self._held_wills.pop(transition.agent, None)  # (re-inserted last: release times stay in order)
+        if now < self._settle_until:
+            self._held_wills[transition.agent] = (self._settle_until, transition, before)
+        else:
+            self._held_wills[transition.agent] = (now + self.config.will_settle_s, transition, None)
+
+    def _settle_will(self, agent: str, session: str, pending: WriteBatch) -> None:
+        """A new session of an agent whose will the reconnect window holds: that will was the broker's restart."""
+        held = self._held_wills.get(agent)
+        view = self._views.get(agent)
+        if held is None or held[2] is None or view is None or session == view.session:
+            return
+        if session in view.retired_sessions:
+            return  # an older session's message, not a comeback
+        del self._held_wills[agent]
+        self._views[agent] = pending.agents[agent] = held[2]
+        self._schedule(agent, held[2])
+        self._stats["wills_settled_after_reconnect"] += 1
 
     def _discard_held_wills(self, pending: WriteBatch) -> None:
         """The broker went away right after these wills: it was shutting down, not the agents dying."""
-        for _, transition in self._held_wills:
+        for _, transition, _ in self._held_wills.values():
             view = self._views.get(transition.agent)
             if view is not None:
                 view = replace(view, state=transition.from_state, reason="broker shutting down")
@@ -521,7 +551,9 @@ class Monitor:
 
     def _handle_health(self, event: Received, pending: WriteBatch) -> None:
         if not self._connected:
-            return  # after our own will: the broker is shutting down, what it says now is not news
+            # After our own will: the broker is shutting down, what it says now is not news.
+            self._stats["dropped_broker_shutting_down"] += 1
+            return
         if not self._within_rate(event, pending):
             return
         try:
@@ -534,10 +566,12 @@ class Monitor:
             # A retained message may be old (a will from last month restores state); a live one is not.
             self._reject(event, f"sent_at is {skew_s:+.0f} s from the monitor's clock", pending)
             return
+        if message.agent in self._held_wills:
+            self._settle_will(message.agent, message.session, pending)
         thresholds = self.config.thresholds.for_agent(message.agent)
-        view, transition, outcome = apply_message(
-            self._views.get(message.agent), message, event.received_at, thresholds, snapshot=event.retained
-        )
+        before = self._views.get(message.agent)
+        received_at, snapshot = event.received_at, event.retained
+        view, transition, outcome = apply_message(before, message, received_at, thresholds, snapshot=snapshot)
         self._stats[outcome.value] += 1
         if outcome is Outcome.LATE:
             self._views[message.agent] = view
@@ -559,8 +593,8 @@ class Monitor:
                 self._usage.add(message.agent, message.metrics, event.received_at)
         if transition is None:
             return
-        if message.kind is Kind.WILL and not event.retained:
-            self._held_wills.append((time.monotonic() + self.config.will_settle_s, transition))
+        if message.kind is Kind.WILL and (not event.retained or time.monotonic() < self._settle_until):
+            self._hold_will(transition, before)
         else:
             pending.transitions.append(transition)
 

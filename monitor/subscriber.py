@@ -24,6 +24,7 @@ __all__ = ["BrokerConnected", "BrokerLost", "Received", "Subscriber"]
 _log = logging.getLogger("fleetpulse.monitor")
 
 CONTROL_TOPIC_FILTERS = ("agents/+/control", "groups/+/control")
+WILL_REASON = "will: connection lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +69,11 @@ class Subscriber:
         self._events = events
         self._clock = clock
         self._presence_topic = monitor_status_topic(monitor_id)
-        # Tells this run's own will apart from a queued or retained presence of an earlier run.
+        # Tells this run's own will apart from a queued or retained presence of an earlier run, and
+        # (`_connection`, new before every connect) from the will of this run's earlier connections.
         self.instance = uuid.uuid4().hex
+        self._connection = ""
+        self.stale_own_wills = 0
         self._presence = {
             "monitor": monitor_id,
             "instance": self.instance,
@@ -84,18 +88,35 @@ class Subscriber:
         # on receipt (not when the core gets to it), so a backlog in the core never looks like silence.
         self.probe_returned_at = time.monotonic()
         self._probe_topic_bytes = self._probe_topic.encode()
+        self._presence_topic_bytes = self._presence_topic.encode()
         self._client = make_client(url, client_id=f"fleetpulse-monitor-{monitor_id}", clean_session=False)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_pre_connect = self._on_pre_connect
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
-        self._client.will_set(self._presence_topic, self._presence_payload("offline", "will: connection lost"), 1, True)
 
     def _presence_payload(self, state: str, reason: str) -> bytes:
         return json.dumps(
-            {**self._presence, "state": state, "reason": reason, "at": format_timestamp(self._clock())}
+            {
+                **self._presence,
+                "connection": self._connection,
+                "state": state,
+                "reason": reason,
+                "at": format_timestamp(self._clock()),
+            }
         ).encode()
+
+    def _on_pre_connect(self, client: paho.Client, userdata: Any) -> None:
+        """Before every (re)connect: a fresh connection token in the will.
+
+        A broker with persistence that shut down published our will into our own persistent session;
+        after the restart it arrives as a live message. Only a will naming this connection means the
+        broker is dropping us now.
+        """
+        self._connection = uuid.uuid4().hex[:12]
+        client.will_set(self._presence_topic, self._presence_payload("offline", WILL_REASON), 1, True)
 
     def start(self) -> None:
         self._client.connect_async(self._url.host, self._url.port, keepalive=10)
@@ -144,6 +165,32 @@ class Subscriber:
         if message._topic == self._probe_topic_bytes:
             self.probe_returned_at = time.monotonic()
             return
+        if message._topic == self._presence_topic_bytes:
+            self._on_own_presence(message)
+            return
         # Raw topic bytes: paho's `.topic` raises on invalid UTF-8, which would kill this thread.
         topic = message._topic.decode("utf-8", errors="replace")
         self._events.put(Received(topic, bytes(message.payload), bool(message.retain), self._clock()))
+
+    def _on_own_presence(self, message: paho.MQTTMessage) -> None:
+        """Our own will for this connection, delivered to us: the broker is dropping every client.
+
+        That is a broker shutting down (Mosquitto publishes every will on SIGTERM, ours included, just
+        before it closes our socket): the monitor treats it as losing the broker now, before the other
+        wills land. Decided here on paho's thread, where `_connection` cannot change underneath.
+        Anything else on our presence topic (our own `online`, a retained or queued will of an earlier
+        connection or run) is an echo.
+        """
+        try:
+            presence = json.loads(message.payload)
+        except ValueError:
+            return
+        if not isinstance(presence, dict):
+            return
+        if (presence.get("state"), presence.get("reason")) != ("offline", WILL_REASON):
+            return
+        this_connection = presence.get("instance") == self.instance and presence.get("connection") == self._connection
+        if message.retain or not this_connection:
+            self.stale_own_wills += 1
+            return
+        self._events.put(BrokerLost(self._clock(), "the broker is shutting down (it published our will)"))

@@ -182,11 +182,6 @@ def test_recovery_broker_restart_smoke(broker_restart_figures: dict[str, Any]) -
 
 @pytest.mark.mosquitto
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="monitor: after a Mosquitto restart with persistence, its own will (retained and queued for its "
-    "session) is taken for a new broker shutdown, so it ignores every health message until paho reconnects",
-)
 def test_recovery_broker_restart_recovers(broker_restart_figures: dict[str, Any]) -> None:
     figures = broker_restart_figures
     assert figures["all_healthy"]

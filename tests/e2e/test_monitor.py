@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import signal
@@ -18,13 +19,14 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from broker.mosquitto import MONITOR_QUEUE_CONFIG, MosquittoProcess
 from broker.netutil import free_port
 from monitor.client import MonitorClient, MonitorError
 from monitor.health import ThresholdPolicy, Thresholds
 from monitor.service import Monitor, MonitorConfig
 from monitor.store import Store
 from publisher import Agent
-from tests.conftest import CLI, BrokerProcess
+from tests.conftest import CLI, BrokerProcess, require_tool
 
 AGENT_SCRIPT = "tests/e2e/_agent_process.py"
 MonitorFactory = Callable[..., Monitor]
@@ -181,19 +183,25 @@ def test_a_monitor_restart_loses_no_heartbeat_and_invents_no_outage(any_broker: 
         store.close()
 
 
+def restart_under_three_agents(broker: BrokerProcess, monitor: Monitor, prefix: str) -> list[Agent]:
+    """Three healthy agents, a broker restart, and every agent healthy again in the monitor."""
+    # 2 s heartbeats: degraded after 6 s, well beyond the monitor's 3 s probe timeout.
+    agents = [Agent(f"{prefix}-{n}", broker=broker.url, interval_s=2, keepalive_s=2) for n in range(3)]
+    for agent in agents:
+        assert agent.start()
+    eventually(lambda: [state_of(monitor, a.agent_id) for a in agents] == ["healthy"] * 3)
+    broker.restart()
+    # In between, the monitor may or may not have noticed; once it reconnects every agent is back.
+    eventually(lambda: monitor.connected and [state_of(monitor, a.agent_id) for a in agents] == ["healthy"] * 3, 30)
+    return agents
+
+
 @pytest.mark.timeout(90)
 def test_losing_the_broker_makes_agents_unknown_not_outages(
     any_broker: BrokerProcess, monitor_factory: MonitorFactory
 ) -> None:
     monitor = monitor_factory(any_broker)
-    # 2 s heartbeats: degraded after 6 s, well beyond the monitor's 3 s probe timeout.
-    agents = [Agent(f"fleet-{n}", broker=any_broker.url, interval_s=2, keepalive_s=2) for n in range(3)]
-    for agent in agents:
-        assert agent.start()
-    eventually(lambda: [state_of(monitor, a.agent_id) for a in agents] == ["healthy"] * 3)
-    any_broker.restart()
-    # In between, the monitor may or may not have noticed; once it reconnects every agent is back.
-    eventually(lambda: monitor.connected and [state_of(monitor, a.agent_id) for a in agents] == ["healthy"] * 3, 30)
+    agents = restart_under_three_agents(any_broker, monitor, "fleet")
     for agent in agents:
         agent.stop()
     eventually(lambda: [state_of(monitor, a.agent_id) for a in agents] == ["killed"] * 3)
@@ -202,6 +210,48 @@ def test_losing_the_broker_makes_agents_unknown_not_outages(
     eventually(lambda: {r[0] for r in rows(monitor, "SELECT DISTINCT to_state FROM transitions")} == {"killed"})
     events = [r[0] for r in rows(monitor, 'SELECT event FROM monitor_events ORDER BY "at"')]
     assert events.count("broker_lost") == 1 and events.count("broker_connected") == 2
+
+
+@pytest.mark.mosquitto
+def test_a_persistent_mosquitto_restart_is_no_outage_and_the_monitor_goes_on_listening(
+    tmp_path: Path, monitor_factory: MonitorFactory
+) -> None:
+    # With persistence, Mosquitto publishes every client's will as it shuts down (the monitor's own
+    # included) and keeps them, retained and queued for the monitor's session, across the restart.
+    require_tool("mosquitto")
+    persistence = tmp_path / "persistence"
+    persistence.mkdir()
+    config = (*MONITOR_QUEUE_CONFIG, "persistence true", f"persistence_location {persistence}/")
+    mosquitto = MosquittoProcess(tmp_path, (*config, f"user {getpass.getuser()}")).start()
+    try:
+        broker = BrokerProcess("mosquitto", mosquitto.port, mosquitto.stop, mosquitto.start)
+        monitor = monitor_factory(broker)
+        agents = restart_under_three_agents(broker, monitor, "persist")
+        # Still listening, not taking its old will for a new shutdown: the new sessions' heartbeats are stored.
+        sessions = [agent.session for agent in agents]
+        eventually(
+            lambda: (
+                rows(
+                    monitor,
+                    "SELECT count(DISTINCT session) FROM heartbeats WHERE seq >= 2 AND list_contains(?, session)",
+                    sessions,
+                )
+                == [(3,)]
+            ),
+            15,
+        )
+        assert monitor.stats().get("stale_own_wills", 0) >= 1
+        assert (
+            monitor.stats().get("wills_settled_after_reconnect", 0)
+            + monitor.stats().get("wills_discarded_at_broker_shutdown", 0)
+            >= 3
+        )  # every agent's will was published; none became a transition
+        assert rows(monitor, "SELECT * FROM outages") == []
+        assert rows(monitor, "SELECT count(*) FROM transitions WHERE to_state = 'unreachable'") == [(0,)]
+        for agent in agents:
+            agent.stop()
+    finally:
+        mosquitto.stop()
 
 
 def test_unknown_while_the_broker_is_gone(amqtt_broker: BrokerProcess, monitor_factory: MonitorFactory) -> None:
