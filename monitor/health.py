@@ -47,6 +47,8 @@ class Outcome(StrEnum):
     STALE_SESSION = "stale_session"  # a late heartbeat or stop of a session the agent has since replaced
     LATE = "late"  # an older heartbeat not seen before (queued while a newer retained copy overtook it):
     # stored for the history, but it changes nothing about the present
+    CONFIRMED = "confirmed"  # the retained copy of the last heartbeat stored: nothing was sent since and no
+    # will fired, so an agent a restart or a lost broker made unknown is as it was (no new row)
 
 
 # Which of the last SEEN_WINDOW seqs of the current session were seen, as a bit mask (bit i: seq
@@ -297,6 +299,10 @@ def apply_message(
         return moved, transition, Outcome.APPLIED
 
     assert message.seq is not None and message.status is not None  # HealthMessage enforces it for heartbeats
+    if snapshot and same_session and message.seq == view.last_seq and view.state is State.UNKNOWN:
+        confirmed = _confirmed(view, now, thresholds)
+        if confirmed is not None:
+            return confirmed, None, Outcome.CONFIRMED
     if same_session and message.seq <= view.last_seq:
         # Not newer. Either seen already (a replay, amqtt's second copy of a retained message) or a
         # first delivery that a newer retained copy overtook at (re)subscribe: keep that one for the
@@ -341,6 +347,22 @@ def apply_message(
             reason = f"recovered from: {previous_reason}"
     moved, transition = _move(view, state, reason, now, snapshot)
     return moved, transition, Outcome.APPLIED
+
+
+def _confirmed(view: AgentView, now: datetime, thresholds: Thresholds) -> AgentView | None:
+    """The known state of an unknown view, if its last heartbeat, judged from when it arrived, still says so.
+
+    Without this the agent stays unknown until its next heartbeat (up to one interval) after every
+    monitor restart. A state that the silence since has changed is left to the clock (`tick`), which
+    records the transition as news rather than as a snapshot.
+    """
+    if view.known_state not in (State.HEALTHY, State.DEGRADED) or view.last_heartbeat_at is None:
+        return None
+    view = _evolve(view, heard_at=view.last_heartbeat_at)  # silence counts from the heartbeat, not the restart
+    state, reason = _live_state(view, now, thresholds)
+    if state is not view.known_state:
+        return None
+    return _evolve(view, state=state, reason=reason, known_state=None, known_reason=None)
 
 
 def tick(view: AgentView, now: datetime, thresholds: Thresholds) -> tuple[AgentView, Transition | None]:

@@ -580,6 +580,10 @@ class Monitor:
             if message.metrics is not None:
                 self._usage.add(message.agent, message.metrics, event.received_at)
             return
+        if outcome is Outcome.CONFIRMED:
+            self._views[message.agent] = pending.agents[message.agent] = view
+            self._schedule(message.agent, view, thresholds)
+            return
         if outcome is not Outcome.APPLIED:
             return
         self._views[message.agent] = view

@@ -1062,6 +1062,43 @@ def test_transitions_from_retained_messages_are_marked_snapshot() -> None:
     assert [t.snapshot for t in result.transitions] == [True, False, True, True, True, False]
 
 
+@pytest.mark.parametrize(
+    ("steps", "retained", "received_s", "confirmed_state"),
+    [
+        pytest.param((BIRTH, (5, RESUMED)), heartbeat(0), 6, HEALTHY, id="healthy-restart"),
+        pytest.param((BIRTH, (5, LOST), (6, RESUMED)), heartbeat(0), 7, HEALTHY, id="healthy-broker-back"),
+        pytest.param(((0, heartbeat(0, degraded="slow")), (5, RESUMED)), heartbeat(0, degraded="slow"), 6, DEGRADED,
+                     id="reported-degraded"),
+        # Silent for degraded_after (30 s) since that heartbeat: not what was known; the clock decides.
+        pytest.param((BIRTH, (29, RESUMED)), heartbeat(0), 31, None, id="silent-since"),
+        pytest.param((BIRTH, (5, will()), (6, RESUMED)), heartbeat(0), 7, None, id="dead-agent"),
+        pytest.param((BIRTH, (5, stop()), (6, RESUMED)), heartbeat(0), 7, None, id="stopped-agent"),
+        pytest.param((BIRTH, (5, heartbeat(1)), (6, RESUMED)), heartbeat(0), 7, None, id="older-seq"),
+    ],
+)  # fmt: skip
+def test_the_retained_copy_of_the_last_stored_heartbeat_confirms_the_known_state(
+    steps: tuple[Step, ...], retained: HealthMessage, received_s: float, confirmed_state: State | None
+) -> None:
+    before = replay(steps).view
+    assert before.state is UNKNOWN
+    after, transition, outcome = apply_message(before, retained, at(received_s), DEFAULTS, snapshot=True)
+    assert transition is None
+    if confirmed_state is None:
+        assert outcome is not Outcome.CONFIRMED and after.state is UNKNOWN
+        return
+    assert (outcome, after.state, after.known_state) == (Outcome.CONFIRMED, confirmed_state, None)
+    assert after.since == before.since  # the same stay, not a new one
+    # Silence counts from the heartbeat itself, not from the restart: a frozen agent is not given extra time.
+    assert after.heard_at == before.last_heartbeat_at
+    _, transition = tick(after, at(30), DEFAULTS)
+    if confirmed_state is HEALTHY:
+        assert transition is not None
+        assert (transition.to_state, transition.reason) == (DEGRADED, "no heartbeat for 30 s")
+    # A live copy (a replay of the same seq) confirms nothing.
+    _, _, live = apply_message(before, retained, at(received_s), DEFAULTS)
+    assert live is Outcome.DUPLICATE
+
+
 def test_snapshot_first_sight_is_no_transition() -> None:
     for message in (heartbeat(0), will(), stop()):
         _, transition, outcome = apply_message(None, message, NOW, DEFAULTS, snapshot=True)
@@ -1160,8 +1197,13 @@ UNKNOWN_CASES = [
         id="retained-stop-again",
     ),
     pytest.param(
-        Case((BIRTH, (5, RESUMED), (5, Snapshot(heartbeat(0)))), UNKNOWN, "monitor restarted"),
-        id="already-seen-retained-heartbeat-proves-nothing",
+        # Nothing sent since and no will: as it was, judged from when that heartbeat arrived.
+        Case((BIRTH, (5, RESUMED), (5, Snapshot(heartbeat(0)))), HEALTHY, "heartbeating"),
+        id="already-seen-retained-heartbeat-confirms-what-was-known",
+    ),
+    pytest.param(
+        Case((BIRTH, (5, RESUMED), (5, heartbeat(0))), UNKNOWN, "monitor restarted"),
+        id="already-seen-live-heartbeat-proves-nothing",
     ),
     pytest.param(
         Case(
