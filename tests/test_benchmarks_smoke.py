@@ -96,6 +96,17 @@ def test_dashboard_benchmark_smoke() -> None:
     assert len(figures["transition_to_browser_s_all"]) == 3
 
 
+@pytest.mark.timeout(60)
+def test_store_append_benchmark_smoke() -> None:
+    figures = run_benchmark("store_append", "--rows", "2000", "--pandas")
+    for key in ("rows_per_s", "us_per_row", "cpu_us_per_row", "pandas", "pandas_over_arrow", "machine"):
+        assert key in figures
+    assert figures["rows"] == figures["stored"] == 2000  # every row of the timed batches was committed
+    assert figures["same_rows"]  # the Arrow path stores exactly what the old DataFrame path stored
+    assert figures["rows_per_s"] > 0 and figures["us_per_row"] > 0 and figures["pandas"]["us_per_row"] > 0
+    assert all(us > 0 for us in figures["add_message_us"].values())
+
+
 @pytest.mark.timeout(120)
 def test_history_benchmark_smoke() -> None:
     figures = run_benchmark("history", "--agents", "20", "--days", "2", "--raw-retention-days", "1")
