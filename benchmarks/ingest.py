@@ -348,7 +348,9 @@ class MonitorRun:
 def measure_monitor_live(directory: Path, args: argparse.Namespace, profiles: ThreadProfiles | None) -> MonitorRun:
     db_path = directory / "live.duckdb"
     with MosquittoProcess(directory, MOSQUITTO_LIMITS) as mosquitto:
-        monitor = Monitor(MonitorConfig(broker=mosquitto.url, db_path=db_path))
+        monitor = Monitor(
+            MonitorConfig(broker=mosquitto.url, db_path=db_path, reader_process=args.mqtt_reader == "process")
+        )
         with profiles.installed() if profiles else contextlib.nullcontext():
             monitor.start()
         try:
@@ -369,7 +371,7 @@ def measure_monitor_backlog(directory: Path, args: argparse.Namespace) -> Monito
     """Subscribe, stop (the broker keeps the session), queue the load, start again and time the catch-up."""
     db_path = directory / "backlog.duckdb"
     with MosquittoProcess(directory, MOSQUITTO_LIMITS) as mosquitto:
-        config = MonitorConfig(broker=mosquitto.url, db_path=db_path)
+        config = MonitorConfig(broker=mosquitto.url, db_path=db_path, reader_process=args.mqtt_reader == "process")
         first = Monitor(config).start()
         try:
             wait_monitor_subscribed(first, mosquitto.url)
@@ -386,6 +388,15 @@ def measure_monitor_backlog(directory: Path, args: argparse.Namespace) -> Monito
             monitor.stop()
     stored, distinct, lost = count_lost(db_path, load)
     return MonitorRun(Phase(load, counter.value, 0, counter.elapsed_s), stored, distinct, lost, stats)
+
+
+def add_mqtt_reader_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mqtt-reader",
+        choices=("process", "thread"),
+        default="process",
+        help="the monitor reads MQTT in a child process (the CLI's default) or in a thread of its own process",
+    )
 
 
 def format_report(
@@ -411,6 +422,7 @@ def format_report(
         f"publisher process(es), QoS 1, retained, {args.seconds:g} s of publishing per phase",
         f"machine: {machine['platform']} ({machine['machine']}), {machine['cpu_count']} CPUs, "
         f"Python {machine['python']}",
+        f"monitor: MQTT read in a {'child process' if args.mqtt_reader == 'process' else 'thread'} (--mqtt-reader)",
         f"mosquitto config: {', '.join(MOSQUITTO_LIMITS)} (unlimited; the defaults 1000 / 20 drop or throttle); "
         f"publishers keep <= {WINDOW} publishes unacknowledged each",
         "",
@@ -449,6 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="publishing time per phase (default 10)")
     parser.add_argument("--agents", type=int, default=1000, help="distinct agents (default 1000)")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes (default 2)")
+    add_mqtt_reader_option(parser)
     parser.add_argument("--profile", metavar="PREFIX", help="cProfile the live monitor's threads into PREFIX.*.prof")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.agents < 1 or not 1 <= args.publishers <= args.agents:
@@ -470,6 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         print(profiles.report(args.profile), file=sys.stderr)
     summary = {
         "seconds": args.seconds,
+        "mqtt_reader": args.mqtt_reader,
         "agents": args.agents,
         "publishers": args.publishers,
         "heartbeat_interval_s": INTERVAL_S,

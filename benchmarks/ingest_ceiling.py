@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks._fleet import HeartbeatTemplate, agent_id, metrics_variants
-from benchmarks.ingest import MOSQUITTO_LIMITS, measure_monitor_live, measure_raw
+from benchmarks.ingest import MOSQUITTO_LIMITS, add_mqtt_reader_option, measure_monitor_live, measure_raw
 from benchmarks.sdk_overhead import machine_description
 from broker.mosquitto import MosquittoProcess
 from publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, health_topic
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--agents", type=int, default=1000, help="distinct agents of the paho phases (default 1000)")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes, each phase (default 2)")
     parser.add_argument("--messages", type=int, default=200_000, help="messages the C clients send (default 200000)")
+    add_mqtt_reader_option(parser)
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.agents < 1 or not 1 <= args.publishers <= args.agents or args.messages < 1:
         parser.error("need --seconds > 0, --agents >= 1, 1 <= --publishers <= --agents and --messages >= 1")

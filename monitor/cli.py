@@ -176,6 +176,7 @@ def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]
         thresholds=_thresholds(args),
         alerts=load_settings(Path(args.alerts)) if args.alerts else AlertSettings(),
         notify=tuple(args.notify),
+        reader_process=args.mqtt_reader == "process",
     )
     monitor = Monitor(config)
     api = None
@@ -680,6 +681,12 @@ def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="URL",
         help="send alerts here: http(s):// is the JSON webhook, anything else an apprise URL (repeatable)",
+    )
+    parser.add_argument(
+        "--mqtt-reader",
+        choices=("process", "thread"),
+        default="process",
+        help="read MQTT in a child process, on a core of its own (default), or in a thread of the monitor's",
     )
     parser.add_argument(
         "--degraded-after", type=float, help="seconds without a heartbeat before degraded (3 x interval)"

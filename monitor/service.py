@@ -36,6 +36,7 @@ from monitor.health import (
     tick,
 )
 from monitor.history import usage_today
+from monitor.reader import ReaderProcess
 from monitor.retention import MINUTE_RETENTION_S, RAW_RETENTION_S, RETENTION_EVERY_S, Retention, roll_up_limits
 from monitor.store import Store, WriteBatch
 from monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Subscriber
@@ -108,6 +109,10 @@ class MonitorConfig:
     # whole fleet late. Detected through paho alone this would take 1.5 x keep-alive (15 s).
     probe_timeout_s: float = 3.0
     gil_switch_interval_s: float = 0.0005
+    # Read MQTT in a child process (monitor/reader.py) instead of a thread of this one: the socket
+    # reading then has a core of its own instead of sharing the GIL with the core thread. (The child
+    # stamps `received_at` with the real clock: a Monitor given a test clock should read in a thread.)
+    reader_process: bool = False
     alerts: AlertSettings = field(default_factory=AlertSettings)  # rules; built-in defaults (SPEC §3)
     notify: tuple[str, ...] = ()  # channel URLs for every alert (--notify), besides the rules file's
     alert_backoff_s: tuple[float, ...] = (1, 2, 5, 15, 60, 300)  # waits between delivery attempts
@@ -183,7 +188,7 @@ class Monitor:
         self.config = config
         self._url = parse_broker_url(config.broker)
         self._clock = clock
-        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[Event | list[Event]] = queue.SimpleQueue()
         self._views: dict[str, AgentView] = {}
         self._usage = UsageBook()  # guarded by _views_lock, like the views
         # When each view must next be ticked (health.next_check_at): a heap with lazy deletion, so a
@@ -208,7 +213,7 @@ class Monitor:
         self._stopping = threading.Event()
         self._shutting_down = False
         self._store: Store | None = None
-        self._subscriber: Subscriber | None = None
+        self._subscriber: Subscriber | ReaderProcess | None = None
         self._core: threading.Thread | None = None
         self.api_url: str | None = None
         # Channels are built now, so a URL apprise cannot use is an error at startup, not at 3 am.
@@ -237,9 +242,12 @@ class Monitor:
         self._store.write(WriteBatch(events=[(now, self.config.monitor_id, "started", self._url.display)]))
         self.alerting.start(self._store, now)
         self._write_sidecar()
-        self._subscriber = Subscriber(
-            self._url, self.config.monitor_id, self._events, self._clock, presence={"api": api_url}
-        )
+        if self.config.reader_process:
+            self._subscriber = ReaderProcess(self._url, self.config.monitor_id, self._events, {"api": api_url})
+        else:
+            self._subscriber = Subscriber(
+                self._url, self.config.monitor_id, self._events, self._clock, presence={"api": api_url}
+            )
         self._core = threading.Thread(target=self._run, name="fleetpulse-core", daemon=True)
         self._core.start()
         self._subscriber.start()
@@ -353,9 +361,16 @@ class Monitor:
                 if self._held_wills:
                     release_at = next(iter(self._held_wills.values()))[0]
                     wait_s = min(wait_s, max(0.0, release_at - time.monotonic()))
-                events.append(self._events.get(timeout=wait_s))
-                while len(events) < 20_000:
-                    events.append(self._events.get_nowait())
+                item = self._events.get(timeout=wait_s)
+                while True:
+                    # A reader process sends lists of events; the in-process subscriber single ones.
+                    if isinstance(item, list):
+                        events.extend(item)
+                    else:
+                        events.append(item)
+                    if len(events) >= 20_000:
+                        break
+                    item = self._events.get_nowait()
             except queue.Empty:
                 pass
             with self._views_lock:

@@ -5,21 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 
 from publisher.mqtt import BrokerUrl, make_client
 from publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, monitor_status_topic
 
-__all__ = ["BrokerConnected", "BrokerLost", "Received", "Subscriber"]
+__all__ = ["BrokerConnected", "BrokerLost", "EventSink", "Received", "Subscriber"]
 
 _log = logging.getLogger("fleetpulse.monitor")
 
@@ -50,6 +49,12 @@ class BrokerLost:
 Event = Received | BrokerConnected | BrokerLost
 
 
+class EventSink(Protocol):
+    """Where the subscriber puts what happens: the core's queue, or the reader process's batcher."""
+
+    def put(self, event: Event) -> None: ...
+
+
 class Subscriber:
     """Persistent MQTT session (fixed client id, clean session off, QoS 1) feeding `events`.
 
@@ -61,7 +66,7 @@ class Subscriber:
         self,
         url: BrokerUrl,
         monitor_id: str,
-        events: queue.SimpleQueue[Event],
+        events: EventSink,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         presence: dict[str, Any] | None = None,
     ) -> None:

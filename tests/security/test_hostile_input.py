@@ -104,7 +104,7 @@ def test_huge_costs_cannot_make_the_fleet_view_unreadable(
     for seq in (1, 2):
         document = _heartbeat("rich", seq=seq, metrics={"ok": 1, "cost_usd": 1.7976931348623157e308})
         client.publish("agents/rich/health", _raw(document), qos=1).wait_for_publish(5)
-    eventually(lambda: monitor.stats().get("received", 0) >= 3)
+    eventually(lambda: monitor.stats().get("received", 0) >= 2)  # both heartbeats
     time.sleep(0.3)
     json.dumps(json.loads(to_json(monitor.list_agents())), allow_nan=False)
     client.disconnect()
@@ -118,7 +118,7 @@ def test_a_seq_far_ahead_is_applied_without_an_error(
     client = _publisher(amqtt_broker)
     for seq in (1, 2**63 - 1):  # (not 10**10 here: that would really allocate the 1.25 GB)
         client.publish("agents/jumpy/health", _raw(_heartbeat("jumpy", seq=seq)), qos=1).wait_for_publish(5)
-    eventually(lambda: monitor.stats().get("received", 0) >= 3)
+    eventually(lambda: monitor.stats().get("received", 0) >= 2)  # both heartbeats
     time.sleep(0.3)
     client.disconnect()
     client.loop_stop()
@@ -135,13 +135,13 @@ def test_far_timestamps_are_rejected_and_cannot_poison_a_restart(
     far = "0001-01-01T00:00:00+14:00"
     document = _heartbeat("far", sent_at=far, metrics={"ok": 1, "last_progress_at": far})
     client.publish("agents/far/health", _raw(document), qos=1).wait_for_publish(5)
-    eventually(lambda: monitor.stats().get("received", 0) >= 2)
+    eventually(lambda: monitor.stats().get("received", 0) >= 1)
     time.sleep(0.3)
     rejected_far = monitor.stats().get("rejected", 0) == 1
     monitor.stop()
     monitor = monitor_factory(amqtt_broker, db=db)
     client.publish("agents/far/health", _raw(_heartbeat("far", seq=2)), qos=1).wait_for_publish(5)
-    eventually(lambda: monitor.stats().get("received", 0) >= 2)
+    eventually(lambda: monitor.stats().get("received", 0) >= 1)
     time.sleep(0.3)
     assert not monitor.stats().get("handler_errors")
     assert rejected_far

@@ -1,0 +1,229 @@
+"""The monitor's MQTT edge in a process of its own: the same `Subscriber`, its events sent back in batches.
+
+In one process paho's socket reading and the core's judging share one GIL, and the reader alone costs
+about as much per heartbeat as the core (benchmarks/ingest.py). In a child process the reader uses the
+other core; the core receives lists of events through a pipe, a few milliseconds' worth at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import queue
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.subscriber import BrokerLost, Event, Received, Subscriber
+from publisher.mqtt import BrokerUrl
+
+__all__ = ["ReaderProcess"]
+
+_log = logging.getLogger("fleetpulse.monitor")
+
+BATCH_EVERY_S = 0.002  # how long the child gathers events before sending them (or BATCH_MAX)
+BATCH_MAX = 2_000
+RESTART_AFTER_S = 1.0  # a reader process that died is started again after this long
+_STOPPED = "stopped"  # the child's last word: everything it received was sent before it
+
+
+class ReaderProcess:
+    """A `Subscriber` in a child process, with the face the monitor uses: start, stop, publish, probe.
+
+    A reader that dies is started again (same MQTT client id: the broker kept its session and queue),
+    after a `BrokerLost` so the monitor judges no one meanwhile.
+    """
+
+    def __init__(
+        self,
+        url: BrokerUrl,
+        monitor_id: str,
+        events: queue.SimpleQueue[Any],
+        presence: dict[str, Any] | None = None,
+    ) -> None:
+        self._url = url
+        self._monitor_id = monitor_id
+        self._events = events
+        self._presence = presence
+        self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+        # Written by the child, read by the core: when our probe last came back (time.monotonic() is
+        # the same clock in every process here), and how many stale own wills were ignored.
+        self._probe_returned_at = self._context.Value("d", time.monotonic(), lock=False)
+        self._stale_own_wills = self._context.Value("q", 0, lock=False)
+        self._stopping = False
+        self._commands: multiprocessing.connection.Connection | None = None
+        self._process: Any = None
+        self._send_lock = threading.Lock()
+        self._pump = threading.Thread(target=self._pump_events, name="fleetpulse-reader-pump", daemon=True)
+        self.restarts = 0
+
+    @property
+    def probe_returned_at(self) -> float:
+        return float(self._probe_returned_at.value)
+
+    @property
+    def stale_own_wills(self) -> int:
+        return int(self._stale_own_wills.value)
+
+    def start(self) -> None:
+        self._incoming = self._spawn()
+        self._pump.start()
+
+    def stop(self) -> None:
+        """Stop the child's subscriber (presence `offline`, clean disconnect); return once its events are queued."""
+        self._stopping = True
+        self._command(("stop",))
+        self._pump.join(timeout=60)
+        if self._process is not None:
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.kill()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self._command(("publish", topic, payload))
+
+    def send_probe(self) -> None:
+        self._command(("probe",))
+
+    def _command(self, command: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            if self._commands is None:
+                return
+            with contextlib.suppress(OSError):  # the child is gone: the pump notices and starts another
+                self._commands.send(command)
+
+    def _spawn(self) -> multiprocessing.connection.Connection:
+        incoming, child_events = self._context.Pipe(duplex=False)
+        child_commands, commands = self._context.Pipe(duplex=False)
+        self._process = self._context.Process(
+            target=_child_main,
+            args=(
+                self._url,
+                self._monitor_id,
+                self._presence,
+                child_events,
+                child_commands,
+                self._probe_returned_at,
+                self._stale_own_wills,
+                _log_setup(),
+            ),
+            name=f"fleetpulse-reader-{self._monitor_id}",
+            daemon=True,
+        )
+        self._process.start()
+        child_events.close()
+        child_commands.close()
+        with self._send_lock:
+            self._commands = commands
+        return incoming
+
+    def _pump_events(self) -> None:
+        incoming = self._incoming
+        put = self._events.put
+        while True:
+            try:
+                batch = incoming.recv()
+            except (EOFError, OSError):
+                if self._stopping:
+                    return
+                self._restart()
+                incoming = self._incoming
+                continue
+            if batch == _STOPPED:
+                return
+            events: list[Event] = []
+            for item in batch:
+                if type(item) is tuple:
+                    topic, payload, retained, received_at = item
+                    events.append(Received(topic, payload, retained, datetime.fromtimestamp(received_at, UTC)))
+                else:
+                    events.append(item)
+            put(events)
+
+    def _restart(self) -> None:
+        self._process.join(timeout=5)  # (reaped, not left a zombie)
+        code = self._process.exitcode
+        _log.error("monitor: the MQTT reader process ended (exit code %s); starting another", code)
+        self._events.put(BrokerLost(datetime.now(UTC), f"the MQTT reader process ended (exit code {code})"))
+        self.restarts += 1
+        time.sleep(RESTART_AFTER_S)
+        self._incoming = self._spawn()
+
+
+def _log_setup() -> tuple[int, str | None, str | None]:
+    """The parent's level for our logger and its log format, for the child to log as the parent does."""
+    formatter = next((handler.formatter for handler in logging.getLogger().handlers if handler.formatter), None)
+    log_format = formatter._fmt if formatter is not None else None
+    date_format = formatter.datefmt if formatter is not None else None
+    return _log.getEffectiveLevel(), log_format, date_format
+
+
+class _Batcher:
+    """What the child's `Subscriber` puts events into: gathered here, sent to the core in lists."""
+
+    def __init__(self, connection: multiprocessing.connection.Connection) -> None:
+        self._connection = connection
+        self._pending: collections.deque[Any] = collections.deque()
+
+    def put(self, event: Event) -> None:
+        if type(event) is Received:
+            # A tuple and a float pickle in a fraction of a frozen dataclass with a datetime.
+            event = (event.topic, event.payload, event.retained, event.received_at.timestamp())  # type: ignore[assignment]
+        self._pending.append(event)
+
+    def send_pending(self) -> None:
+        pending = self._pending
+        count = len(pending)  # (what arrives meanwhile goes with the next call)
+        while count:
+            size = min(count, BATCH_MAX)
+            self._connection.send([pending.popleft() for _ in range(size)])
+            count -= size
+
+
+def _child_main(
+    url: BrokerUrl,
+    monitor_id: str,
+    presence: dict[str, Any] | None,
+    events: multiprocessing.connection.Connection,
+    commands: multiprocessing.connection.Connection,
+    probe_returned_at: Any,
+    stale_own_wills: Any,
+    log_setup: tuple[int, str | None, str | None],
+) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides when this process stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    level, log_format, date_format = log_setup
+    logging.basicConfig(level=logging.WARNING, format=log_format or logging.BASIC_FORMAT, datefmt=date_format)
+    _log.setLevel(level)
+    batcher = _Batcher(events)
+    subscriber = Subscriber(url, monitor_id, batcher, presence=presence)
+    subscriber.start()
+    done = threading.Event()
+
+    def serve_commands() -> None:
+        while True:
+            try:
+                command = commands.recv()
+            except (EOFError, OSError):
+                command = ("stop",)  # the parent is gone
+            if command[0] == "publish":
+                subscriber.publish(command[1], command[2])
+            elif command[0] == "probe":
+                subscriber.send_probe()
+            else:
+                subscriber.stop()
+                done.set()
+                return
+
+    threading.Thread(target=serve_commands, name="fleetpulse-reader-commands", daemon=True).start()
+    while not done.wait(BATCH_EVERY_S):
+        batcher.send_pending()
+        probe_returned_at.value = subscriber.probe_returned_at
+        stale_own_wills.value = subscriber.stale_own_wills
+    batcher.send_pending()  # what arrived up to the disconnect
+    events.send(_STOPPED)
