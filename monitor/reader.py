@@ -51,9 +51,9 @@ class ReaderProcess:
         self._events = events
         self._presence = presence
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-        # Written by the child, read by the core: when our probe last came back (time.monotonic() is
+        # Written by the child, read by the core: when the broker last delivered anything (time.monotonic() is
         # the same clock in every process here), and how many stale own wills were ignored.
-        self._probe_returned_at = self._context.Value("d", time.monotonic(), lock=False)
+        self._last_delivery_at = self._context.Value("d", time.monotonic(), lock=False)
         self._stale_own_wills = self._context.Value("q", 0, lock=False)
         self._stopping = False
         self._commands: multiprocessing.connection.Connection | None = None
@@ -63,8 +63,8 @@ class ReaderProcess:
         self.restarts = 0
 
     @property
-    def probe_returned_at(self) -> float:
-        return float(self._probe_returned_at.value)
+    def last_delivery_at(self) -> float:
+        return float(self._last_delivery_at.value)
 
     @property
     def stale_own_wills(self) -> int:
@@ -108,7 +108,7 @@ class ReaderProcess:
                 self._presence,
                 child_events,
                 child_commands,
-                self._probe_returned_at,
+                self._last_delivery_at,
                 self._stale_own_wills,
                 _log_setup(),
             ),
@@ -120,6 +120,8 @@ class ReaderProcess:
         child_commands.close()
         with self._send_lock:
             self._commands = commands
+            if self._stopping:  # stop() came while this child was starting: its command went to the old pipe
+                commands.send(("stop",))
         return incoming
 
     def _pump_events(self) -> None:
@@ -129,9 +131,8 @@ class ReaderProcess:
             try:
                 batch = incoming.recv()
             except (EOFError, OSError):
-                if self._stopping:
+                if self._stopping or not self._restart():
                     return
-                self._restart()
                 incoming = self._incoming
                 continue
             if batch == _STOPPED:
@@ -145,14 +146,18 @@ class ReaderProcess:
                     events.append(item)
             put(events)
 
-    def _restart(self) -> None:
+    def _restart(self) -> bool:
+        """Start another reader after one died; False if the monitor began stopping meanwhile."""
         self._process.join(timeout=5)  # (reaped, not left a zombie)
         code = self._process.exitcode
         _log.error("monitor: the MQTT reader process ended (exit code %s); starting another", code)
         self._events.put(BrokerLost(datetime.now(UTC), f"the MQTT reader process ended (exit code {code})"))
         self.restarts += 1
         time.sleep(RESTART_AFTER_S)
+        if self._stopping:
+            return False
         self._incoming = self._spawn()
+        return True
 
 
 def _log_setup() -> tuple[int, str | None, str | None]:
@@ -185,13 +190,33 @@ class _Batcher:
             count -= size
 
 
+class _SharedSubscriber(Subscriber):
+    """Records each delivery straight into the value the core reads, from paho's thread.
+
+    Not from the main loop: that blocks sending while a busy core lets the pipe fill, and a broker
+    that delivers to a busy monitor must not look silent.
+    """
+
+    def __init__(self, shared_delivery_at: Any, *args: Any, **kwargs: Any) -> None:
+        self._shared_delivery_at = shared_delivery_at
+        super().__init__(*args, **kwargs)
+
+    @property
+    def last_delivery_at(self) -> float:
+        return float(self._shared_delivery_at.value)
+
+    @last_delivery_at.setter
+    def last_delivery_at(self, at: float) -> None:
+        self._shared_delivery_at.value = at
+
+
 def _child_main(
     url: BrokerUrl,
     monitor_id: str,
     presence: dict[str, Any] | None,
     events: multiprocessing.connection.Connection,
     commands: multiprocessing.connection.Connection,
-    probe_returned_at: Any,
+    last_delivery_at: Any,
     stale_own_wills: Any,
     log_setup: tuple[int, str | None, str | None],
 ) -> None:
@@ -201,7 +226,7 @@ def _child_main(
     logging.basicConfig(level=logging.WARNING, format=log_format or logging.BASIC_FORMAT, datefmt=date_format)
     _log.setLevel(level)
     batcher = _Batcher(events)
-    subscriber = Subscriber(url, monitor_id, batcher, presence=presence)
+    subscriber = _SharedSubscriber(last_delivery_at, url, monitor_id, batcher, presence=presence)
     subscriber.start()
     done = threading.Event()
 
@@ -222,8 +247,7 @@ def _child_main(
 
     threading.Thread(target=serve_commands, name="fleetpulse-reader-commands", daemon=True).start()
     while not done.wait(BATCH_EVERY_S):
-        batcher.send_pending()
-        probe_returned_at.value = subscriber.probe_returned_at
+        batcher.send_pending()  # (blocks while the core is behind: the pipe is full)
         stale_own_wills.value = subscriber.stale_own_wills
     batcher.send_pending()  # what arrived up to the disconnect
     events.send(_STOPPED)

@@ -205,6 +205,7 @@ class Monitor:
         # the transition, and the view before the will while the reconnect settle window holds it.
         self._held_wills: dict[str, tuple[float, Transition, AgentView | None]] = {}
         self._settle_until = 0.0  # monotonic: the end of the window after a reconnect
+        self._heard_until: datetime | None = None  # received_at of the last message handled
         self._rejections = _TokenBucket(config.rejected_rows_per_s, 500)
         self._agent_rates = _PerAgentRateLimit(config.agent_messages_per_s, config.agent_burst)
         self._connected = False
@@ -384,7 +385,7 @@ class Monitor:
                 self._release_wills(pending)
                 if time.monotonic() - last_tick >= self.config.tick_interval_s:
                     if self._connected and self._broker_delivers(pending):
-                        self._tick_all(pending)
+                        self._tick_all(pending, self._judged_until())
                     self._tick_alerts()  # also while the broker is gone: its own alert may remind
                     last_tick = time.monotonic()
             if time.monotonic() - last_alive >= ALIVE_EVERY_S:
@@ -466,6 +467,7 @@ class Monitor:
     def _handle(self, event: Event, pending: WriteBatch) -> None:
         if isinstance(event, Received):
             self._stats["received"] += 1
+            self._heard_until = event.received_at
             if event.topic.startswith("agents/") and event.topic.endswith("/health"):
                 self._handle_health(event, pending)
             elif event.topic.endswith("/control"):
@@ -497,10 +499,10 @@ class Monitor:
             self._alert_broker(back=False, at=event.at, reason=event.reason)
 
     def _broker_delivers(self, pending: WriteBatch) -> bool:
-        """Send the next probe; notice when probes stop coming back, and when they come back again."""
+        """Send the next probe; notice when the broker stops delivering (even our probe), and when it resumes."""
         assert self._subscriber is not None
         self._subscriber.send_probe()
-        silent_s = time.monotonic() - self._subscriber.probe_returned_at
+        silent_s = time.monotonic() - self._subscriber.last_delivery_at
         now = self._clock()
         if silent_s > self.config.probe_timeout_s:
             if not self._broker_silent:
@@ -508,7 +510,7 @@ class Monitor:
                 self._discard_held_wills(pending)
                 self._views = {agent: broker_lost(view, now) for agent, view in self._views.items()}
                 self._schedule_all()
-                detail = f"the broker stopped delivering (our probe unanswered for {silent_s:.1f} s)"
+                detail = f"the broker stopped delivering (nothing, not even our probe, for {silent_s:.1f} s)"
                 pending.events.append((now, self.config.monitor_id, "broker_lost", detail))
                 _log.warning("monitor: %s; agents are unknown until it delivers again", detail)
                 self._alert_broker(back=False, at=now, reason=detail)
@@ -718,9 +720,22 @@ class Monitor:
         for agent, view in self._views.items():
             self._schedule(agent, view)
 
-    def _tick_all(self, pending: WriteBatch) -> None:
-        """Tick the views that are due (a heap pop each), not every view."""
+    def _judged_until(self) -> datetime:
+        """The moment up to which the monitor has heard everything: now, unless the core is behind.
+
+        Messages are handled in the order they arrived, so with more waiting in the queue, everything
+        received up to the last one handled is known and nothing after it. Silence is judged up to there:
+        a heartbeat that waits in our own queue is not late (an overloaded core would otherwise turn the
+        fleet degraded while their heartbeats sat unread).
+        """
         now = self._clock()
+        if self._heard_until is not None and not self._events.empty():
+            return min(now, self._heard_until)
+        return now
+
+    def _tick_all(self, pending: WriteBatch, now: datetime | None = None) -> None:
+        """Tick the views that are due at `now` (default: the clock), a heap pop each, not every view."""
+        now = now or self._clock()
         while self._due and self._due[0][0] <= now:
             due, _, agent = heapq.heappop(self._due)
             if self._due_at.get(agent) != due:

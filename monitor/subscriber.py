@@ -89,9 +89,11 @@ class Subscriber:
         }
         self._stopping = False
         self._probe_topic = f"fleetpulse/monitor/{monitor_id}/probe"
-        # time.monotonic() when our last probe came back through the broker: written by paho's thread
-        # on receipt (not when the core gets to it), so a backlog in the core never looks like silence.
-        self.probe_returned_at = time.monotonic()
+        # time.monotonic() when the broker last delivered anything to us (our probe, sent every tick,
+        # makes sure something comes while all is quiet). Any message counts, not only the probe: behind a
+        # queued backlog the probe waits its turn, and a broker draining a backlog is delivering. Written
+        # by paho's thread on receipt (not when the core gets to it): a backlog in the core is no silence.
+        self.last_delivery_at = time.monotonic()
         self._probe_topic_bytes = self._probe_topic.encode()
         self._presence_topic_bytes = self._presence_topic.encode()
         self._client = make_client(url, client_id=f"fleetpulse-monitor-{monitor_id}", clean_session=False)
@@ -154,7 +156,7 @@ class Subscriber:
         # Subscribing again (even with the session present) makes the broker resend the retained
         # health messages: the snapshot that restores every agent's state (SPEC §2).
         topics = [HEALTH_TOPIC_FILTER, *CONTROL_TOPIC_FILTERS, self._presence_topic, self._probe_topic]
-        self.probe_returned_at = time.monotonic()
+        self.last_delivery_at = time.monotonic()
         client.subscribe([(topic, 1) for topic in topics])
         client.publish(self._presence_topic, self._presence_payload("online", "running"), qos=1, retain=True)
         self._events.put(BrokerConnected(self._clock(), bool(flags.session_present)))
@@ -167,8 +169,8 @@ class Subscriber:
         _log.warning("monitor lost the broker %s (%s); reconnecting", self._url.display, reason_code)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self.last_delivery_at = time.monotonic()
         if message._topic == self._probe_topic_bytes:
-            self.probe_returned_at = time.monotonic()
             return
         if message._topic == self._presence_topic_bytes:
             self._on_own_presence(message)

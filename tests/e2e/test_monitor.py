@@ -548,3 +548,33 @@ def test_a_frozen_broker_makes_agents_unknown_then_known_again_without_outages(
     assert rows(monitor, "SELECT * FROM outages") == []
     events = [r[0] for r in rows(monitor, 'SELECT event FROM monitor_events ORDER BY "at"')]
     assert events.count("broker_lost") == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_backlog_behind_the_probe_is_no_broker_silence(
+    mosquitto_broker: BrokerProcess, monitor_factory: MonitorFactory, tmp_path: Path
+) -> None:
+    # After a restart the broker delivers the queued backlog first, and the probe waits its turn behind
+    # it: a broker that is draining a backlog into the monitor is delivering, not silent.
+    db = tmp_path / "backlog.duckdb"
+    monitor_factory(mosquitto_broker, db=db).stop()  # its session stays with the broker, which queues
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="backlog-publisher")
+    client.connect("127.0.0.1", mosquitto_broker.port)
+    client.loop_start()
+    template = json.dumps(
+        {"v": 1, "agent": "AGENT", "kind": "heartbeat", "status": "healthy", "session": "s", "seq": 0,
+         "sent_at": datetime.now(UTC).isoformat(), "interval_s": 30, "labels": {"pad": "x" * 400}}
+    )  # fmt: skip
+    infos = []
+    for n in range(20_000):  # 400 agents x 50 heartbeats, ~0.5 KB each
+        payload = template.replace('"AGENT"', f'"queued-{n % 400}"').replace('"seq": 0', f'"seq": {n // 400}')
+        infos.append(client.publish(f"agents/queued-{n % 400}/health", payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(30)
+    client.disconnect()
+    client.loop_stop()
+    # A probe that must come back within 0.2 s: far less than the drain takes on any machine here.
+    monitor = monitor_factory(mosquitto_broker, db=db, probe_timeout_s=0.2)
+    eventually(lambda: monitor.stats().get("rows_stored", 0) >= 20_000, timeout_s=60)
+    events = [r[0] for r in rows(monitor, 'SELECT event FROM monitor_events ORDER BY "at"')]
+    assert "broker_lost" not in events
