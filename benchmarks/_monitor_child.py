@@ -82,7 +82,12 @@ def _wait(monitor: Monitor, what: str, agents: int, timeout_s: float) -> None:
 
 def main(argv: list[str]) -> None:
     options = json.loads(argv[0])
-    config = MonitorConfig(broker=options["broker"], db_path=Path(options["db"]), notify=tuple(options["notify"]))
+    config = MonitorConfig(
+        broker=options["broker"],
+        db_path=Path(options["db"]),
+        notify=tuple(options["notify"]),
+        reader_process=options.get("mqtt_reader", "process") == "process",  # as `fleetpulse monitor` does
+    )
     monitor = Monitor(config).start()
     gc.freeze()  # as `fleetpulse monitor` does after start
     _emit("ready", at=time.monotonic())

@@ -298,7 +298,8 @@ def live_run(args: argparse.Namespace, directory: Path) -> LiveRun:
                 print(f"  measuring {args.seconds:g} s", flush=True)
                 sampler = ResourceSampler(
                     {
-                        "monitor": [monitor.pid],
+                        # with its MQTT reader process (and multiprocessing's resource tracker)
+                        "monitor": [monitor.pid, *(child.pid for child in monitor.process.children(recursive=True))],
                         "mosquitto": [mosquitto.pid, *(edge.pid for edge in edges)],
                         "fleet": fleet.pids,
                     }
