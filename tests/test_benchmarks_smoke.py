@@ -228,3 +228,12 @@ def test_ingest_ceiling_benchmark_smoke() -> None:
     assert figures["lost"] == 0 and figures["c_clients_lost"] == 0
     assert figures["c_clients_received"] == figures["c_clients_published"] == 20000
     assert figures["stored_per_s"] > 0 and figures["raw_paho_per_s"] > 0 and figures["c_clients_per_s"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_core_cost_benchmark_smoke() -> None:
+    figures = run_benchmark("core_cost", "--agents", "200", "--rounds", "2")
+    assert figures["heartbeats"] == 400 and figures["stats"]["rows_stored"] == 400  # every heartbeat applied
+    assert figures["us_per_heartbeat"] == pytest.approx(figures["handling_us"] + figures["committing_us"], abs=0.02)
+    assert set(figures["stages_us"]) >= {"parse_health", "apply_message", "add_message", "rate_limit"}
+    assert all(us > 0 for us in figures["stages_us"].values())
