@@ -26,13 +26,15 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from benchmarks._child import EventChild
 from monitor.health import State
-from monitor.service import Monitor, MonitorConfig
+
+if TYPE_CHECKING:
+    from monitor.service import Monitor
 
 __all__ = ["MonitorProcess"]
 
@@ -82,6 +84,10 @@ def _wait(monitor: Monitor, what: str, agents: int, timeout_s: float) -> None:
 
 def main(argv: list[str]) -> None:
     options = json.loads(argv[0])
+    # Imported here, not at the top: the monitor's MQTT reader process imports this module again as its
+    # __main__ (multiprocessing's spawn), and should cost what it costs under `fleetpulse monitor`.
+    from monitor.service import Monitor, MonitorConfig
+
     config = MonitorConfig(
         broker=options["broker"],
         db_path=Path(options["db"]),

@@ -16,6 +16,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,11 @@ _log = logging.getLogger("fleetpulse.monitor")
 BATCH_EVERY_S = 0.002  # how long the child gathers events before sending them (or BATCH_MAX)
 BATCH_MAX = 2_000
 RESTART_AFTER_S = 1.0  # a reader process that died is started again after this long
+# Backpressure: at most this many lists wait in the core's queue, and this many events in the child.
+# Beyond, the child stops reading its socket and the broker keeps the rest in the monitor's persistent
+# session (where a monitor that dies loses none of it), instead of the monitor's memory growing with it.
+MAX_QUEUED_BATCHES = 8
+MAX_PENDING_EVENTS = 20_000
 _STOPPED = "stopped"  # the child's last word: everything it received was sent before it
 
 
@@ -55,6 +61,7 @@ class ReaderProcess:
         # the same clock in every process here), and how many stale own wills were ignored.
         self._last_delivery_at = self._context.Value("d", time.monotonic(), lock=False)
         self._stale_own_wills = self._context.Value("q", 0, lock=False)
+        self._held_back_at = self._context.Value("d", 0.0, lock=False)  # the child last waited for the core
         self._stopping = False
         self._commands: multiprocessing.connection.Connection | None = None
         self._process: Any = None
@@ -69,6 +76,11 @@ class ReaderProcess:
     @property
     def stale_own_wills(self) -> int:
         return int(self._stale_own_wills.value)
+
+    @property
+    def held_back_at(self) -> float:
+        """time.monotonic() when the child last stopped reading because the core was behind."""
+        return float(self._held_back_at.value)
 
     def start(self) -> None:
         self._incoming = self._spawn()
@@ -110,6 +122,7 @@ class ReaderProcess:
                 child_commands,
                 self._last_delivery_at,
                 self._stale_own_wills,
+                self._held_back_at,
                 _log_setup(),
             ),
             name=f"fleetpulse-reader-{self._monitor_id}",
@@ -137,6 +150,8 @@ class ReaderProcess:
                 continue
             if batch == _STOPPED:
                 return
+            while self._events.qsize() >= MAX_QUEUED_BATCHES and not self._stopping:
+                time.sleep(0.002)  # the core is behind: let the pipe fill, the child then holds back
             events: list[Event] = []
             for item in batch:
                 if type(item) is tuple:
@@ -171,15 +186,23 @@ def _log_setup() -> tuple[int, str | None, str | None]:
 class _Batcher:
     """What the child's `Subscriber` puts events into: gathered here, sent to the core in lists."""
 
-    def __init__(self, connection: multiprocessing.connection.Connection) -> None:
+    def __init__(self, connection: multiprocessing.connection.Connection, on_hold: Callable[[], None]) -> None:
         self._connection = connection
         self._pending: collections.deque[Any] = collections.deque()
+        self._on_hold = on_hold
+        self.ready = threading.Event()  # set when something waits: an idle reader sleeps, not polls
 
     def put(self, event: Event) -> None:
+        """Called on paho's thread; blocks it (so it stops reading the socket) while too much waits."""
         if type(event) is Received:
             # A tuple and a float pickle in a fraction of a frozen dataclass with a datetime.
             event = (event.topic, event.payload, event.retained, event.received_at.timestamp())  # type: ignore[assignment]
+        while len(self._pending) >= MAX_PENDING_EVENTS:
+            self._on_hold()
+            time.sleep(0.005)
         self._pending.append(event)
+        if not self.ready.is_set():
+            self.ready.set()
 
     def send_pending(self) -> None:
         pending = self._pending
@@ -218,6 +241,7 @@ def _child_main(
     commands: multiprocessing.connection.Connection,
     last_delivery_at: Any,
     stale_own_wills: Any,
+    held_back_at: Any,
     log_setup: tuple[int, str | None, str | None],
 ) -> None:
     # Ctrl-C reaches the whole process group: the parent decides when this process stops.
@@ -225,7 +249,12 @@ def _child_main(
     level, log_format, date_format = log_setup
     logging.basicConfig(level=logging.WARNING, format=log_format or logging.BASIC_FORMAT, datefmt=date_format)
     _log.setLevel(level)
-    batcher = _Batcher(events)
+
+    def on_hold() -> None:
+        # Not reading is our choice, not the broker's silence: it has more for us.
+        held_back_at.value = last_delivery_at.value = time.monotonic()
+
+    batcher = _Batcher(events, on_hold)
     subscriber = _SharedSubscriber(last_delivery_at, url, monitor_id, batcher, presence=presence)
     subscriber.start()
     done = threading.Event()
@@ -246,8 +275,11 @@ def _child_main(
                 return
 
     threading.Thread(target=serve_commands, name="fleetpulse-reader-commands", daemon=True).start()
-    while not done.wait(BATCH_EVERY_S):
-        batcher.send_pending()  # (blocks while the core is behind: the pipe is full)
+    while not done.is_set():
+        if batcher.ready.wait(0.1):
+            time.sleep(BATCH_EVERY_S)  # a few milliseconds' worth per list
+            batcher.ready.clear()
+            batcher.send_pending()  # (blocks while the core is behind: the pipe is full)
         stale_own_wills.value = subscriber.stale_own_wills
     batcher.send_pending()  # what arrived up to the disconnect
     events.send(_STOPPED)

@@ -66,6 +66,7 @@ AGENT_ROW_REFRESH_S = 5.0  # an agent row that only saw more heartbeats is rewri
 # The monitor's own sign of life in monitor_events: after a crash (no `stopped` row), the history's
 # gap begins at the last one (SPEC §4 views count a gap as neither outage nor uptime).
 ALIVE_EVERY_S = 15.0
+HELD_BACK_GRACE_S = 1.0  # the reader held back this recently: the monitor is behind
 # A live message whose sent_at is further than this from the monitor's clock is refused: the agent's
 # clock is broken (or the message forged), and its stall figures would be nonsense. Staleness is judged
 # by receive time anyway (SPEC §2), so honest skew of minutes is fine.
@@ -206,6 +207,7 @@ class Monitor:
         self._held_wills: dict[str, tuple[float, Transition, AgentView | None]] = {}
         self._settle_until = 0.0  # monotonic: the end of the window after a reconnect
         self._heard_until: datetime | None = None  # received_at of the last message handled
+        self._was_behind = False
         self._rejections = _TokenBucket(config.rejected_rows_per_s, 500)
         self._agent_rates = _PerAgentRateLimit(config.agent_messages_per_s, config.agent_burst)
         self._connected = False
@@ -384,7 +386,7 @@ class Monitor:
                         self._stats["handler_errors"] += 1
                 self._release_wills(pending)
                 if time.monotonic() - last_tick >= self.config.tick_interval_s:
-                    if self._connected and self._broker_delivers(pending):
+                    if self._connected and self._broker_delivers(pending) and not self._behind(pending):
                         self._tick_all(pending, self._judged_until())
                     self._tick_alerts()  # also while the broker is gone: its own alert may remind
                     last_tick = time.monotonic()
@@ -719,6 +721,28 @@ class Monitor:
         self._due, self._due_at = [], {}
         for agent, view in self._views.items():
             self._schedule(agent, view)
+
+    def _behind(self, pending: WriteBatch) -> bool:
+        """True while the reader holds messages back in the broker because the core cannot keep up.
+
+        Heartbeats that wait in the broker are no silence, and the monitor cannot know which agents
+        they are from: it judges no silence until it has caught up (wills and heartbeats still apply).
+        """
+        assert self._subscriber is not None
+        behind = time.monotonic() - self._subscriber.held_back_at < HELD_BACK_GRACE_S
+        if behind != self._was_behind:
+            self._was_behind = behind
+            now = self._clock()
+            if behind:
+                detail = "messages wait in the broker for us; silence is not judged until we catch up"
+                _log.warning("monitor: behind the broker: %s", detail)
+                pending.events.append((now, self.config.monitor_id, "behind", detail))
+            else:
+                _log.info("monitor: caught up with the broker")
+                pending.events.append((now, self.config.monitor_id, "caught_up", None))
+        if behind:
+            self._stats["ticks_skipped_behind"] += 1
+        return behind
 
     def _judged_until(self) -> datetime:
         """The moment up to which the monitor has heard everything: now, unless the core is behind.

@@ -94,6 +94,7 @@ class Subscriber:
         # queued backlog the probe waits its turn, and a broker draining a backlog is delivering. Written
         # by paho's thread on receipt (not when the core gets to it): a backlog in the core is no silence.
         self.last_delivery_at = time.monotonic()
+        self.held_back_at = 0.0  # this subscriber never holds back: its queue is unbounded
         self._probe_topic_bytes = self._probe_topic.encode()
         self._presence_topic_bytes = self._presence_topic.encode()
         self._client = make_client(url, client_id=f"fleetpulse-monitor-{monitor_id}", clean_session=False)

@@ -551,13 +551,15 @@ def test_a_frozen_broker_makes_agents_unknown_then_known_again_without_outages(
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("reader_process", [False, True], ids=["reader-thread", "reader-process"])
 def test_a_backlog_behind_the_probe_is_no_broker_silence(
-    mosquitto_broker: BrokerProcess, monitor_factory: MonitorFactory, tmp_path: Path
+    mosquitto_broker: BrokerProcess, monitor_factory: MonitorFactory, tmp_path: Path, reader_process: bool
 ) -> None:
     # After a restart the broker delivers the queued backlog first, and the probe waits its turn behind
-    # it: a broker that is draining a backlog into the monitor is delivering, not silent.
+    # it: a broker that is draining a backlog into the monitor is delivering, not silent. The reader
+    # process reads faster than the core stores, so it also holds back (backpressure) meanwhile.
     db = tmp_path / "backlog.duckdb"
-    monitor_factory(mosquitto_broker, db=db).stop()  # its session stays with the broker, which queues
+    monitor_factory(mosquitto_broker, db=db, reader_process=reader_process).stop()  # the broker queues for it
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="backlog-publisher")
     client.connect("127.0.0.1", mosquitto_broker.port)
     client.loop_start()
@@ -574,7 +576,8 @@ def test_a_backlog_behind_the_probe_is_no_broker_silence(
     client.disconnect()
     client.loop_stop()
     # A probe that must come back within 0.2 s: far less than the drain takes on any machine here.
-    monitor = monitor_factory(mosquitto_broker, db=db, probe_timeout_s=0.2)
+    monitor = monitor_factory(mosquitto_broker, db=db, probe_timeout_s=0.2, reader_process=reader_process)
     eventually(lambda: monitor.stats().get("rows_stored", 0) >= 20_000, timeout_s=60)
     events = [r[0] for r in rows(monitor, 'SELECT event FROM monitor_events ORDER BY "at"')]
     assert "broker_lost" not in events
+    assert monitor.stats().get("rows_stored") == 20_000 and not monitor.stats().get("transitions")
