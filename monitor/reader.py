@@ -33,7 +33,9 @@ RESTART_AFTER_S = 1.0  # a reader process that died is started again after this 
 # Backpressure: at most this many lists wait in the core's queue, and this many events in the child.
 # Beyond, the child stops reading its socket and the broker keeps the rest in the monitor's persistent
 # session (where a monitor that dies loses none of it), instead of the monitor's memory growing with it.
-MAX_QUEUED_BATCHES = 8
+MAX_QUEUED_LISTS = 4  # of up to HAND_OVER_EVENTS each
+HAND_OVER_EVENTS = 5_000
+GATHER_WAIT_S = 0.002
 MAX_PENDING_EVENTS = 20_000
 _STOPPED = "stopped"  # the child's last word: everything it received was sent before it
 
@@ -138,28 +140,44 @@ class ReaderProcess:
         return incoming
 
     def _pump_events(self) -> None:
+        """Child -> core. While the core is busy, lists are gathered into bigger ones (per-list costs stay
+        small); while it is behind, nothing more is read, so the pipe fills and the child holds back."""
         incoming = self._incoming
-        put = self._events.put
+        gathered: list[Event] = []
         while True:
+            # With something gathered, wait for more only briefly: hand it over when the child is quiet.
+            if gathered and not incoming.poll(GATHER_WAIT_S):
+                self._hand_over(gathered)
+                gathered = []
+                continue
             try:
                 batch = incoming.recv()
             except (EOFError, OSError):
+                if gathered:
+                    self._hand_over(gathered)
+                    gathered = []
                 if self._stopping or not self._restart():
                     return
                 incoming = self._incoming
                 continue
             if batch == _STOPPED:
+                if gathered:
+                    self._hand_over(gathered)
                 return
-            while self._events.qsize() >= MAX_QUEUED_BATCHES and not self._stopping:
-                time.sleep(0.002)  # the core is behind: let the pipe fill, the child then holds back
-            events: list[Event] = []
             for item in batch:
                 if type(item) is tuple:
                     topic, payload, retained, received_at = item
-                    events.append(Received(topic, payload, retained, datetime.fromtimestamp(received_at, UTC)))
+                    gathered.append(Received(topic, payload, retained, datetime.fromtimestamp(received_at, UTC)))
                 else:
-                    events.append(item)
-            put(events)
+                    gathered.append(item)
+            if self._events.empty() or len(gathered) >= HAND_OVER_EVENTS:
+                self._hand_over(gathered)
+                gathered = []
+
+    def _hand_over(self, events: list[Event]) -> None:
+        while self._events.qsize() >= MAX_QUEUED_LISTS and not self._stopping:
+            time.sleep(0.002)  # the core is behind: let the pipe fill, the child then holds back
+        self._events.put(events)
 
     def _restart(self) -> bool:
         """Start another reader after one died; False if the monitor began stopping meanwhile."""

@@ -66,7 +66,7 @@ AGENT_ROW_REFRESH_S = 5.0  # an agent row that only saw more heartbeats is rewri
 # The monitor's own sign of life in monitor_events: after a crash (no `stopped` row), the history's
 # gap begins at the last one (SPEC §4 views count a gap as neither outage nor uptime).
 ALIVE_EVERY_S = 15.0
-HELD_BACK_GRACE_S = 1.0  # the reader held back this recently: the monitor is behind
+HELD_BACK_GRACE_S = 5.0  # the reader held back this recently: the monitor is behind (and not flapping)
 # A live message whose sent_at is further than this from the monitor's clock is refused: the agent's
 # clock is broken (or the message forged), and its stall figures would be nonsense. Staleness is judged
 # by receive time anyway (SPEC §2), so honest skew of minutes is fine.
