@@ -1,6 +1,6 @@
 """Measure what one heartbeat costs the monitor's core, without sockets: the whole path and each stage.
 
-Run from the repository root: `python -m benchmarks.core_cost [--agents 1000] [--rounds 20]` (`--rounds 2` is
+Run from the repository root: `python -m benchmarks.core_cost [--agents 1000] [--rounds 100]` (`--rounds 2` is
 the CI smoke run). Realistic heartbeats (`benchmarks._ingest_publisher`'s payload: identity, labels, a one-model
 metrics window) of `--agents` agents, `--rounds` each, are handed to a `Monitor` that is never started, as
 `Received` events straight into its core's handler, and committed in batches of `flush_rows` (5,000) to a fresh
@@ -58,13 +58,14 @@ def whole_path_us(events: list[Received], directory: Path) -> tuple[float, float
     monitor._connected = True  # as after BrokerConnected; never started: nothing else runs
     handling = committing = 0.0
     try:
+        pending = WriteBatch()
         for first in range(0, len(events), config.flush_rows):
-            pending = WriteBatch()
             begun = time.perf_counter()
             for event in events[first : first + config.flush_rows]:
                 monitor._handle(event, pending)
             handled = time.perf_counter()
-            monitor._flush(pending, final=True)
+            # As the core flushes: agents rows only when changed or every few seconds, carried otherwise.
+            pending = WriteBatch(agents=monitor._flush(pending))
             handling += handled - begun
             committing += time.perf_counter() - handled
         stats = monitor.stats()
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m benchmarks.core_cost", description="What one heartbeat costs the monitor's core."
     )
     parser.add_argument("--agents", type=int, default=1000, help="distinct agents (default 1000)")
-    parser.add_argument("--rounds", type=int, default=20, help="heartbeats per agent (default 20)")
+    parser.add_argument("--rounds", type=int, default=100, help="heartbeats per agent (default 100)")
     args = parser.parse_args(argv)
     if args.agents < 1 or args.rounds < 1:
         parser.error("need --agents >= 1 and --rounds >= 1")
