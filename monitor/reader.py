@@ -262,8 +262,11 @@ def _child_main(
     held_back_at: Any,
     log_setup: tuple[int, str | None, str | None],
 ) -> None:
-    # Ctrl-C reaches the whole process group: the parent decides when this process stops.
+    # Ctrl-C reaches the whole process group, and a service manager's SIGTERM often the whole group too:
+    # the parent decides when this process stops (what it read is acknowledged; it must reach the core).
+    # A parent that dies closes the command pipe, which stops it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     level, log_format, date_format = log_setup
     logging.basicConfig(level=logging.WARNING, format=log_format or logging.BASIC_FORMAT, datefmt=date_format)
     _log.setLevel(level)

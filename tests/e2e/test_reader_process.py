@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from broker.netutil import free_port
+from monitor.store import Store
 from publisher.protocol import Command, ControlCommand
 from tests.conftest import BrokerProcess, cli_process
 from tests.e2e.test_monitor import AGENT_SCRIPT, MonitorFactory, eventually, rows, state_of
@@ -83,3 +84,20 @@ def test_the_reader_process_ends_with_its_monitor_even_after_kill_9(
         os.kill(process.pid, signal.SIGKILL)  # no atexit, no cleanup: only the pipe closing tells the child
         process.wait()
         reader.wait(timeout=10)  # psutil.TimeoutExpired if the orphan lives on (it would fight the next monitor)
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_to_the_whole_group_is_one_graceful_stop(amqtt_broker: BrokerProcess, tmp_path: Path) -> None:
+    # A service manager (systemd's default KillMode) sends SIGTERM to every process of the service.
+    db = tmp_path / "group.duckdb"
+    with cli_process("monitor", "--broker", amqtt_broker.url, "--db", str(db), "--dashboard-port", "0") as process:
+        eventually(lambda: len(reader_children(process.pid)) == 1, 30)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    store = Store(db, read_only=True)
+    try:
+        events = store.query("SELECT event, coalesce(detail, '') FROM monitor_events ORDER BY \"at\"")[1]
+    finally:
+        store.close()
+    assert [event for event, _ in events][-1] == "stopped"
+    assert not any("reader process ended" in detail for _, detail in events)
