@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
         broker=options["broker"],
         db_path=Path(options["db"]),
         notify=tuple(options["notify"]),
-        reader_process=options.get("mqtt_reader", "process") == "process",  # as `fleetpulse monitor` does
+        reader_process=True,  # as `fleetpulse monitor` does
     )
     monitor = Monitor(config).start()
     gc.freeze()  # as `fleetpulse monitor` does after start

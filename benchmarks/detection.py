@@ -190,16 +190,27 @@ def running_broker(kind: str, directory: Path) -> Iterator[tuple[str, str]]:
             yield mosquitto.url, f"mosquitto {mosquitto.version}"
 
 
+@contextlib.contextmanager
+def watched_monitor(kind: str, directory: Path, name: str) -> Iterator[tuple[str, str, Monitor, UnreachableWatcher]]:
+    """(url, description, monitor, watcher): a fresh broker of `kind` and a started monitor on it (database
+    `name-kind.duckdb`) whose committed `unreachable` transitions `watcher` times; both stopped on exit."""
+    with running_broker(kind, directory) as (url, description):
+        watcher = UnreachableWatcher()
+        monitor = Monitor(MonitorConfig(broker=url, db_path=directory / f"{name}-{kind}.duckdb"))
+        monitor.add_listener(watcher)
+        monitor.start()
+        try:
+            yield url, description, monitor, watcher
+        finally:
+            monitor.stop()
+
+
 def measure_broker(kind: str, kills: int, directory: Path, jitter: random.Random) -> BrokerFigures:
     """`kills` SIGKILLs of fresh agents on a fresh broker of `kind`, watched by a fresh monitor."""
     latencies_ms: list[float] = []
     will_seen_ms: list[float] = []
     undetected = 0
-    with running_broker(kind, directory) as (url, description):
-        watcher = UnreachableWatcher()
-        monitor = Monitor(MonitorConfig(broker=url, db_path=directory / f"bench-{kind}.duckdb"))
-        monitor.add_listener(watcher)
-        monitor.start()
+    with watched_monitor(kind, directory, "bench") as (url, description, monitor, watcher):
         wills = WillWatcher(url)
         children: list[CrashChild] = []
         try:
@@ -231,7 +242,6 @@ def measure_broker(kind: str, kills: int, directory: Path, jitter: random.Random
             for child in children:
                 child.reap()
             wills.close()
-            monitor.stop()
     return BrokerFigures(description, latencies_ms, will_seen_ms, undetected)
 
 

@@ -37,15 +37,13 @@ from typing import Any
 from benchmarks._fleet import Fleet
 from benchmarks.detection import (
     BROKERS,
-    UnreachableWatcher,
     measure_broker,
     percentile,
-    running_broker,
     wait_healthy,
+    watched_monitor,
 )
 from benchmarks.sdk_overhead import machine_description
 from broker.embedded import KEEPALIVE_GRACE_FACTOR
-from monitor.service import Monitor, MonitorConfig
 
 INTERVAL_S = 5.0  # fleetpulse agents here: heartbeats, far slower than the will
 KEEPALIVE_S = 2  # the SPEC §2 measurements were made at 2 s
@@ -98,43 +96,34 @@ def measure(kind: str, args: argparse.Namespace, directory: Path, rng: random.Ra
     since_packet_s: list[float] = []
     events: list[Event] = []
     undetected = 0
-    with running_broker(kind, directory) as (url, description):
-        watcher = UnreachableWatcher()
-        monitor = Monitor(MonitorConfig(broker=url, db_path=directory / f"reference-{kind}.duckdb"))
-        monitor.add_listener(watcher)
-        monitor.start()
-        try:
-            prefix = f"ref{kind}"
-            with Fleet(
-                url, agents, interval_s=INTERVAL_S, processes=1, keepalive_s=KEEPALIVE_S, prefix=prefix
-            ) as fleet:
-                ids = fleet.agent_ids()
-                wait_healthy(monitor, ids)
-                born_s = fleet.ready_at - started
-                for index in range(args.kills):
-                    time.sleep(rng.uniform(0, 1.0))
-                    killed_at = fleet.kill(ids[index])
-                    events.append(Event(index, killed_at - started, born_s))
-                    committed = watcher.wait(ids[index], DETECTION_TIMEOUT_S)
-                    if committed is None:
-                        undetected += 1
-                    else:
-                        kill_ms.append((committed - killed_at) * 1000)
-                frozen: list[tuple[str, float, float]] = []
-                for index in range(args.kills, agents):
-                    frozen_at, last_sent_at = fleet.freeze(ids[index])
-                    frozen.append((ids[index], frozen_at, last_sent_at))
-                    events.append(Event(index, frozen_at - started, born_s))
-                    time.sleep(FREEZE_EVERY_S)
-                for agent, frozen_at, last_sent_at in frozen:
-                    committed = watcher.wait(agent, DETECTION_TIMEOUT_S)
-                    if committed is None:
-                        undetected += 1
-                    else:
-                        freeze_s.append(committed - frozen_at)
-                        since_packet_s.append(committed - last_sent_at)
-        finally:
-            monitor.stop()
+    with watched_monitor(kind, directory, "reference") as (url, description, monitor, watcher):
+        prefix = f"ref{kind}"
+        with Fleet(url, agents, interval_s=INTERVAL_S, processes=1, keepalive_s=KEEPALIVE_S, prefix=prefix) as fleet:
+            ids = fleet.agent_ids()
+            wait_healthy(monitor, ids)
+            born_s = fleet.ready_at - started
+            for index in range(args.kills):
+                time.sleep(rng.uniform(0, 1.0))
+                killed_at = fleet.kill(ids[index])
+                events.append(Event(index, killed_at - started, born_s))
+                committed = watcher.wait(ids[index], DETECTION_TIMEOUT_S)
+                if committed is None:
+                    undetected += 1
+                else:
+                    kill_ms.append((committed - killed_at) * 1000)
+            frozen: list[tuple[str, float, float]] = []
+            for index in range(args.kills, agents):
+                frozen_at, last_sent_at = fleet.freeze(ids[index])
+                frozen.append((ids[index], frozen_at, last_sent_at))
+                events.append(Event(index, frozen_at - started, born_s))
+                time.sleep(FREEZE_EVERY_S)
+            for agent, frozen_at, last_sent_at in frozen:
+                committed = watcher.wait(agent, DETECTION_TIMEOUT_S)
+                if committed is None:
+                    undetected += 1
+                else:
+                    freeze_s.append(committed - frozen_at)
+                    since_packet_s.append(committed - last_sent_at)
     sdk_kill_ms: list[float] = []
     if args.sdk_kills:
         sdk = measure_broker(kind, args.sdk_kills, directory, rng)

@@ -29,11 +29,13 @@ The figures are printed as tables and, on the last line, as one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +52,18 @@ from tests.http_receiver import Receiver
 
 SETTLE_S = 5.0  # at most this long after every agent is healthy, before the restart: rows are committed
 ALERT_GRACE_S = 3.0  # after the fleet is back: alerts arriving meanwhile still count
+
+
+@contextlib.contextmanager
+def healthy_fleet(monitor: MonitorProcess, broker_url: str, args: argparse.Namespace, prefix: str) -> Iterator[Fleet]:
+    """The monitor connected, then `--agents` agents started and all listed healthy by it, rows settled."""
+    if not monitor.wait("connected", timeout_s=30)["ok"]:
+        raise RuntimeError("the monitor did not connect")
+    with Fleet(broker_url, args.agents, interval_s=args.interval_s, processes=args.processes, prefix=prefix) as fleet:
+        if not monitor.wait("healthy", args.agents, args.timeout_s)["ok"]:
+            raise RuntimeError("the monitor never listed every agent healthy")
+        time.sleep(min(SETTLE_S, args.interval_s))
+        yield fleet
 
 
 def _milestones(reached: dict[str, Any], kind: str, since: float) -> dict[str, float]:
@@ -96,14 +110,7 @@ def monitor_restart(args: argparse.Namespace, directory: Path) -> MonitorRestart
         first = MonitorProcess(mosquitto.url, db_path)
         second: MonitorProcess | None = None
         try:
-            if not first.wait("connected", timeout_s=30)["ok"]:
-                raise RuntimeError("the monitor did not connect")
-            with Fleet(
-                mosquitto.url, args.agents, interval_s=args.interval_s, processes=args.processes, prefix="restart"
-            ) as fleet:
-                if not first.wait("healthy", args.agents, timeout_s)["ok"]:
-                    raise RuntimeError("the first monitor never listed every agent healthy")
-                time.sleep(min(SETTLE_S, args.interval_s))
+            with healthy_fleet(first, mosquitto.url, args, "restart") as fleet:
                 print("  stopping the monitor", flush=True)
                 stopped_wall = datetime.now(UTC)
                 stopping = time.monotonic()
@@ -173,14 +180,7 @@ def broker_restart(args: argparse.Namespace, directory: Path) -> BrokerRestart:
     mosquitto = MosquittoProcess(directory, config).start()
     monitor = MonitorProcess(mosquitto.url, db_path, notify=(receiver.url,))
     try:
-        if not monitor.wait("connected", timeout_s=30)["ok"]:
-            raise RuntimeError("the monitor did not connect")
-        with Fleet(
-            mosquitto.url, args.agents, interval_s=args.interval_s, processes=args.processes, prefix="brokerrestart"
-        ) as fleet:
-            if not monitor.wait("healthy", args.agents, timeout_s)["ok"]:
-                raise RuntimeError("the monitor never listed every agent healthy")
-            time.sleep(min(SETTLE_S, args.interval_s))
+        with healthy_fleet(monitor, mosquitto.url, args, "brokerrestart") as fleet:
             births_before = fleet.stats().births
             print("  restarting Mosquitto", flush=True)
             restarted_wall = datetime.now(UTC)
