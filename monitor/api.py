@@ -11,6 +11,7 @@ import logging
 import re
 import secrets
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -28,12 +29,14 @@ from monitor.dashboard import DashboardAccess, dashboard_page
 from monitor.fleet import sort_for_people, summary
 from monitor.metrics import render_metrics
 from monitor.service import Monitor
-from monitor.store import QueryTimeout, ReadOnlyViolation
+from monitor.store import PEOPLE_QUERIES_RUNNING, PEOPLE_QUERIES_WAITING, QueryBusy, QueryTimeout, ReadOnlyViolation
 from publisher.protocol import Command, ControlCommand, format_timestamp
 
 __all__ = ["ApiAuth", "ApiServer", "parse_since", "to_json"]
 
 _log = logging.getLogger("fleetpulse.api")
+# Threads for people's SQL: one more than the store admits, so the one past the limit hears 429 at once.
+_PEOPLE_SQL = ThreadPoolExecutor(PEOPLE_QUERIES_RUNNING + PEOPLE_QUERIES_WAITING + 1, thread_name_prefix="people-sql")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -201,14 +204,19 @@ class _Sql(_Handler):
             self.send({"error": 'send JSON {"sql": "SELECT ..."}'}, 400)
             return
         try:
-            # On a worker thread: a slow query must not stall the event loop (the dashboard shares it).
+            # On worker threads of their own: a slow query must not stall the event loop (the dashboard shares
+            # it) nor take the default executor's threads; the store bounds how many run and wait.
             loop = asyncio.get_running_loop()
-            columns, rows, truncated = await loop.run_in_executor(None, self.monitor.store.read_only_query, sql)
+            columns, rows, truncated = await loop.run_in_executor(_PEOPLE_SQL, self.monitor.store.read_only_query, sql)
         except ReadOnlyViolation as error:
             self.send({"error": str(error)}, 403)
             return
         except QueryTimeout as error:
             self.send({"error": str(error)}, 408)
+            return
+        except QueryBusy as error:
+            self.set_header("Retry-After", "1")
+            self.send({"error": str(error)}, 429)
             return
         except duckdb.Error as error:
             self.send({"error": str(error).splitlines()[0]}, 400)

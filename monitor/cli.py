@@ -495,7 +495,7 @@ def _cmd_outages(args: argparse.Namespace) -> int:
 def _cmd_sql(args: argparse.Namespace) -> int:
     from monitor.api import to_json
     from monitor.client import MonitorClient, MonitorError
-    from monitor.store import ReadOnlyViolation
+    from monitor.store import QueryBusy, QueryTimeout, ReadOnlyViolation
 
     history = _history(Path(args.db))
     try:
@@ -511,7 +511,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
             finally:
                 history.close()
             result = json.loads(to_json({"columns": columns, "rows": [list(r) for r in rows], "truncated": truncated}))
-    except (ReadOnlyViolation, MonitorError) as error:
+    except (ReadOnlyViolation, QueryTimeout, QueryBusy, MonitorError) as error:
         raise CliError(str(error)) from None
     if args.json:
         print(json.dumps(result))
@@ -520,7 +520,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     for row in result["rows"]:
         print("\t".join("NULL" if value is None else str(value) for value in row))
     if result["truncated"]:
-        print(f"(first {len(result['rows'])} rows)", file=sys.stderr)
+        print(f"(first {len(result['rows'])} rows: the answer was cut at its row or byte limit)", file=sys.stderr)
     return 0
 
 

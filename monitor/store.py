@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -20,9 +21,10 @@ from monitor.alerts import DeliveryRecord
 from monitor.health import AgentView, State, Transition
 from monitor.notification import Severity
 from monitor.schema import migrate
+from monitor.sql_sandbox import ReadOnlyViolation, check_read_only, lock_down
 from publisher.protocol import HealthMessage, ReportedStatus
 
-__all__ = ["QueryTimeout", "ReadOnlyViolation", "Store", "StoreLocked", "WriteBatch", "check_read_only"]
+__all__ = ["QueryBusy", "QueryTimeout", "ReadOnlyViolation", "Store", "StoreLocked", "WriteBatch", "check_read_only"]
 
 ALERT_COLUMNS = (
     "id", "incident_id", "agent", "at", "severity", "event", "channel", "delivered_at", "attempts", "error",
@@ -45,6 +47,14 @@ AGENT_COLUMNS = (
 )  # fmt: skip
 MAX_QUERY_ROWS = 10_000
 QUERY_TIMEOUT_S = 10.0  # a statement typed by a person (API, CLI) is stopped after this long
+# An answer to people's SQL stops growing past this many bytes (about its JSON size; `truncated` says so): one
+# query of 300 rows x 1 MB once grew the monitor by 1.6 GB. Rows are fetched in small chunks to stay near it.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+_FETCH_CHUNK_ROWS = 64
+# People's queries at once, and waiting behind them; beyond that QueryBusy (HTTP 429). The core keeps its own
+# connection and ingests meanwhile.
+PEOPLE_QUERIES_RUNNING = 2
+PEOPLE_QUERIES_WAITING = 4
 
 
 class StoreLocked(RuntimeError):
@@ -57,26 +67,12 @@ class StoreLocked(RuntimeError):
         self.pid = pid
 
 
-class ReadOnlyViolation(ValueError):
-    """A statement that is not a plain read was refused."""
-
-
 class QueryTimeout(RuntimeError):
     """A read ran longer than its time limit and was interrupted."""
 
 
-def check_read_only(sql: str) -> None:
-    """Refuse anything but SELECT statements, as DuckDB's own parser classifies them (not a regex)."""
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as error:
-        raise ReadOnlyViolation(f"not valid SQL: {error}") from None
-    if not statements:
-        raise ReadOnlyViolation("no SQL statement given")
-    for statement in statements:
-        if statement.type != duckdb.StatementType.SELECT:
-            kind = str(statement.type).rsplit(".", 1)[-1]
-            raise ReadOnlyViolation(f"only read-only SELECT statements are allowed, not {kind}")
+class QueryBusy(RuntimeError):
+    """Too many people's queries are running or waiting; try again shortly."""
 
 
 @dataclass
@@ -163,6 +159,11 @@ def _agent_row(view: AgentView) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _answer_bytes(row: Sequence[Any]) -> int:
+    """About how many bytes `row` takes in a JSON answer: what the byte cap counts, without encoding it."""
+    return sum(len(value) if isinstance(value, str | bytes) else len(str(value)) for value in row) + 4 * len(row)
+
+
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -179,11 +180,16 @@ class Store:
                 match = _LOCK_PID.search(text)
                 raise StoreLocked(self.path, int(match[1]) if match else None, text.splitlines()[0]) from None
             raise
-        self._connection.execute("SET TimeZone = 'UTC'")
+        # GLOBAL: every cursor (a connection of its own) inherits it, and after lock_down nothing can SET it.
+        self._connection.execute("SET GLOBAL TimeZone = 'UTC'")
         self._write_lock = threading.Lock()
         self._arrow_schemas: dict[tuple[str, tuple[str, ...]], pa.Schema] = {}
+        self._people_running = threading.BoundedSemaphore(PEOPLE_QUERIES_RUNNING)
+        self._people_admitted = 0
+        self._people_lock = threading.Lock()
         if not read_only:
             migrate(self._connection)
+        lock_down(self._connection)  # no file, URL or extension from here on, for the monitor's SQL and people's
 
     def close(self) -> None:
         self._connection.close()
@@ -212,10 +218,13 @@ class Store:
         ]
         verb = "INSERT OR REPLACE INTO" if replace else "INSERT INTO"
         quoted = ", ".join(f'"{column}"' for column in columns)
-        # DuckDB reads this local by its name in the SQL (a replacement scan): register() and unregister() would
-        # add ~1 ms a call, a view created and dropped in the catalog, which small batches (transitions) feel.
-        fleetpulse_batch = pa.Table.from_arrays(arrays, schema=schema)  # noqa: F841
-        self._connection.execute(f"{verb} {table} ({quoted}) SELECT {quoted} FROM fleetpulse_batch")
+        # Registered by name, not found by a replacement scan of Python locals: lock_down turned those off with
+        # external access (benchmarks/store_append.py measures the difference).
+        self._connection.register("fleetpulse_batch", pa.Table.from_arrays(arrays, schema=schema))
+        try:
+            self._connection.execute(f"{verb} {table} ({quoted}) SELECT {quoted} FROM fleetpulse_batch")
+        finally:
+            self._connection.unregister("fleetpulse_batch")
 
     def write(self, batch: WriteBatch) -> None:
         """Commit one batch atomically: either every row of it is stored or none."""
@@ -306,7 +315,6 @@ class Store:
         With `timeout_s`, a query still running then is interrupted (QueryTimeout); the store goes on.
         """
         cursor = self._connection.cursor()
-        cursor.execute("SET TimeZone = 'UTC'")  # a cursor is a connection of its own: it does not inherit it
         timer = threading.Timer(timeout_s, cursor.interrupt) if timeout_s is not None else None
         try:
             if timer is not None:
@@ -323,12 +331,60 @@ class Store:
         return columns, rows[:limit], len(rows) > limit
 
     def read_only_query(
-        self, sql: str, limit: int = MAX_QUERY_ROWS, timeout_s: float | None = None
+        self, sql: str, limit: int = MAX_QUERY_ROWS, timeout_s: float | None = None, max_bytes: int = MAX_ANSWER_BYTES
     ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
-        """`query` for statements typed by a person: SELECT only (ReadOnlyViolation otherwise), time-limited
-        (`timeout_s`, default QUERY_TIMEOUT_S)."""
+        """`query` for statements typed by a person (monitor/sql_sandbox.py): refused unless a pure read
+        (ReadOnlyViolation), run in a read-only transaction that is rolled back, stopped after `timeout_s`
+        (QueryTimeout), cut at `limit` rows or about `max_bytes` (truncated), and at most
+        PEOPLE_QUERIES_RUNNING at once with PEOPLE_QUERIES_WAITING behind them (QueryBusy beyond)."""
         check_read_only(sql)
-        return self.query(sql, limit=limit, timeout_s=QUERY_TIMEOUT_S if timeout_s is None else timeout_s)
+        timeout_s = QUERY_TIMEOUT_S if timeout_s is None else timeout_s
+        with self._people_lock:
+            if self._people_admitted >= PEOPLE_QUERIES_RUNNING + PEOPLE_QUERIES_WAITING:
+                raise QueryBusy(f"{self._people_admitted} queries are running or waiting; try again in a moment")
+            self._people_admitted += 1
+        try:
+            if not self._people_running.acquire(timeout=timeout_s):
+                raise QueryBusy(f"no query slot came free within {timeout_s:g} s; try again in a moment")
+            try:
+                return self._people_query(sql, limit, timeout_s, max_bytes)
+            finally:
+                self._people_running.release()
+        finally:
+            with self._people_lock:
+                self._people_admitted -= 1
+
+    def _people_query(
+        self, sql: str, limit: int, timeout_s: float, max_bytes: int
+    ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        cursor = self._connection.cursor()
+        timer = threading.Timer(timeout_s, cursor.interrupt)
+        rows: list[tuple[Any, ...]] = []
+        size = 0
+        truncated = False
+        try:
+            timer.start()
+            cursor.execute("BEGIN TRANSACTION READ ONLY")
+            result = cursor.execute(sql)
+            columns = [d[0] for d in result.description or []]
+            while not truncated:
+                chunk = result.fetchmany(_FETCH_CHUNK_ROWS)
+                if not chunk:
+                    break
+                for row in chunk:
+                    size += _answer_bytes(row)
+                    if len(rows) >= limit or size > max_bytes:
+                        truncated = True
+                        break
+                    rows.append(row)
+        except duckdb.InterruptException:
+            raise QueryTimeout(f"the query ran longer than {timeout_s:g} s and was stopped") from None
+        finally:
+            timer.cancel()
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("ROLLBACK")
+            cursor.close()
+        return columns, rows, truncated
 
     def outages(self, agent: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
         """Rows of the `outages` view, newest first, optionally one agent's and/or still open after `since`."""

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from monitor import retention
@@ -238,12 +239,10 @@ def test_transitions_events_agents_and_the_history_views_are_untouched(store: St
 def test_cost_days_are_utc_whatever_the_session_time_zone(store: Store) -> None:
     roll_all(store)
     utc = rows(store, COST_DAILY)
-    cursor = store._connection.cursor()
-    try:
-        cursor.execute("SET TimeZone = 'Asia/Kolkata'")  # +05:30: its days would split UTC hours
-        assert cursor.execute(COST_DAILY).fetchall() == utc
-    finally:
-        cursor.close()
+    store.close()  # the store's own database is locked to UTC; a notebook's plain connection is not
+    with closing(duckdb.connect(str(store.path), read_only=True)) as connection:
+        connection.execute("SET TimeZone = 'Asia/Kolkata'")  # +05:30: its days would split UTC hours
+        assert connection.execute(COST_DAILY).fetchall() == utc
     assert utc[0][:2] == ("api", date(2026, 3, 1))
 
 
