@@ -302,6 +302,7 @@ class _Storm:
     held: int = 0
     agents: list[str] = field(default_factory=list)
     announced: bool = False
+    restored: bool = False  # open when the monitor restarted: `held` counts only what was held since
 
 
 class _PageRateGuard:
@@ -348,6 +349,21 @@ class _PageRateGuard:
             out.append(self._storm_notification(Event.TRIGGER, now))
         return out
 
+    def open_storm(self) -> OpenIncident | None:
+        """The storm as an incident the shell stores, so that a restarted monitor still sends its resolve."""
+        storm = self._storm
+        if storm is None or not storm.announced:
+            return None
+        return OpenIncident(
+            storm.incident_id, self._monitor_agent, "storm", Severity.CRITICAL, _STORM_RULE, storm.started_at, True
+        )
+
+    def restore(self, incident: OpenIncident) -> None:
+        # Held pages before the restart are in the alerts table; the quiet minute counts from the storm's start.
+        self._storm = _Storm(
+            incident.incident_id, incident.opened_at, incident.opened_at, announced=True, restored=True
+        )
+
     def tick(self, now: datetime) -> list[Notification]:
         """The storm's resolve, once no page was held for a minute."""
         storm = self._storm
@@ -380,10 +396,11 @@ class _PageRateGuard:
                 f"alert storm: more than {self._max} alerts within a minute; {storm.held} held so far "
                 f"({named}{more}); the rest are recorded, not sent, until a quiet minute"
             )
-            duration_s = None
+        elif storm.restored:
+            reason = f"alert storm over: {storm.held} alerts held since the monitor restarted; see the alerts table"
         else:
             reason = f"alert storm over: {storm.held} alerts held in all ({named}{more}); see the alerts table"
-            duration_s = max(0.0, (now - storm.started_at).total_seconds())
+        duration_s = None if event is Event.TRIGGER else max(0.0, (now - storm.started_at).total_seconds())
         return Notification(
             event=event,
             incident_id=storm.incident_id,
@@ -435,6 +452,9 @@ class AlertPolicy:
     def restore(self, incidents: Iterable[OpenIncident]) -> None:
         """Take back the incidents that were open when the monitor stopped (not their flapping holds)."""
         for stored in incidents:
+            if stored.agent == self._monitor_agent and stored.rule == _STORM_RULE:
+                self._guard.restore(stored)
+                continue
             incident = _Incident(
                 incident_id=stored.incident_id,
                 agent=stored.agent,
@@ -470,7 +490,7 @@ class AlertPolicy:
     def open_incidents(self) -> list[OpenIncident]:
         monitor = [incident for incident in (self._lost, self._cap) if incident is not None]
         incidents = [*self._open.values(), *monitor]
-        return [
+        stored = [
             OpenIncident(
                 incident_id=incident.incident_id,
                 agent=incident.agent,
@@ -484,6 +504,8 @@ class AlertPolicy:
             )
             for incident in sorted(incidents, key=lambda incident: (incident.opened_at, incident.agent))
         ]
+        storm = self._guard.open_storm()
+        return [*stored, storm] if storm is not None else stored
 
     def observe(
         self, transitions: Sequence[Transition], views: Mapping[str, AgentView], now: datetime

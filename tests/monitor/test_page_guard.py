@@ -126,6 +126,24 @@ def test_a_storm_lasts_while_pages_keep_being_held_and_resolves_once_with_the_to
     assert len(fleet.policy.take_held()) == 10
 
 
+def test_a_storm_open_at_a_restart_still_resolves_once() -> None:
+    fleet = fleet_of(4, 2)
+    (storm_trigger,) = storm(go_down(fleet, 0, range(4)))
+    stored = fleet.policy.open_incidents()
+    assert [(i.incident_id, i.rule) for i in stored if i.rule == "alert-storm"] == [
+        (storm_trigger.incident_id, "alert-storm")
+    ]
+    restarted = AlertPolicy(AlertSettings(max_pages_per_minute=2, flap_count=0))
+    restarted.restore(stored)
+    assert restarted.open_incidents() == stored  # the shell sees nothing to rewrite
+    assert restarted.tick(fleet.views, at(30)) == []
+    over = restarted.tick(fleet.views, at(60))
+    assert [(n.event, n.incident_id) for n in over] == [(RESOLVE, storm_trigger.incident_id)]
+    assert "since the monitor restarted" in over[0].reason
+    assert restarted.tick(fleet.views, at(200)) == []
+    assert [incident for incident in restarted.open_incidents() if incident.rule == "alert-storm"] == []
+
+
 def test_reminders_are_pages_too_and_a_paged_incident_keeps_its_resolve() -> None:
     fleet = fleet_of(3, 2, reminder_every_s=30.0)
     go_down(fleet, 0, range(2))  # both paged
