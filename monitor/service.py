@@ -668,9 +668,12 @@ class Monitor:
             request.issued_by, len(agents), request.pattern, closed, request.reason or "no reason given",
         )  # fmt: skip
         cap = self.config.max_agents
-        if self._cap_reached and len(self._views) < cap:
+        if cap and len(self._views) < cap:
+            if self._cap_reached:
+                detail = f"{len(self._views)} known"
+                pending.events.append((now, self.config.monitor_id, "agent_cap_cleared", detail))
             self._cap_reached = False
-            pending.events.append((now, self.config.monitor_id, "agent_cap_cleared", f"{len(self._views)} known"))
+            # Also a cap alert restored at startup and not hit since: the policy resolves only an open one.
             self.alerting.agent_cap_cleared(now, len(self._views), cap)
         return ForgetResult(request.pattern, tuple(agents), closed, command_id)
 
