@@ -93,6 +93,7 @@ def main(argv: list[str]) -> None:
         db_path=Path(options["db"]),
         notify=tuple(options["notify"]),
         reader_process=True,  # as `fleetpulse monitor` does
+        max_agents=0,  # no agent cap (--max-agents 0): the runs measure fleets beyond its 20,000 default
     )
     monitor = Monitor(config).start()
     gc.freeze()  # as `fleetpulse monitor` does after start

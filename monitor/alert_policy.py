@@ -36,6 +36,13 @@ _CLOSING = frozenset({State.HEALTHY, State.KILLED})
 _RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 _COST_ACTIONS = ("alert", "pause", "kill")
 _BROKER_RULE = "broker"
+_CAP_RULE = "agent-cap"
+_STORM_RULE = "alert-storm"
+# What the page-rate guard counts: notifications that ask a person to look. Resolves are not pages (each
+# pairs with a trigger that was counted), and the monitor's own alerts (broker lost, agent cap) bypass it.
+_PAGES = frozenset({Event.TRIGGER, Event.FLAPPING, Event.REMINDER})
+STORM_WINDOW_S = 60.0  # the guard's rolling window; a storm ends after this long without a held page
+_STORM_NAMES = 5  # agents named in a storm notification; the rest are counted
 
 
 def _glob_matches(agents: str, group_glob: str | None, agent: str, group: str | None) -> bool:
@@ -116,6 +123,10 @@ class AlertSettings:
     reminder_every_s: float | None = None  # None or 0: no reminders
     notify: tuple[str, ...] = ()  # default channels
     cost_policies: tuple[CostPolicy, ...] = ()
+    # Page-rate guard (issue 14): beyond this many pages within a rolling minute, further ones are held and
+    # one "alert storm" notification stands for them. 30 a minute is more than anyone reads one by one, and
+    # far above a real fleet's bad minute at 20-20,000 agents with folding and flap damping; 0 turns it off.
+    max_pages_per_minute: int = 30
 
     def __post_init__(self) -> None:
         # 1 would turn every incident into "flapping": surely a mistake, so refuse it.
@@ -125,6 +136,9 @@ class AlertSettings:
             raise ValueError("flap_window_s must be > 0 and flap_stable_s >= 0")
         if self.reminder_every_s is not None and not self.reminder_every_s >= 0:
             raise ValueError(f"reminder_every_s must be >= 0, got {self.reminder_every_s!r}")
+        pages = self.max_pages_per_minute
+        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+            raise ValueError(f"max_pages_per_minute must be a whole number >= 0 (0: off), got {pages!r}")
 
 
 @dataclass(frozen=True)
@@ -213,6 +227,7 @@ class _Incident:
     held: bool = False  # flapping: no trigger or resolve until the agent is quiet for flap_stable_s
     last_change_at: datetime | None = None  # while held: the agent's latest transition
     restored: bool = False  # brought back by restore(): tick() reconciles it with the agent's view
+    paged: bool = False  # a trigger of it passed the page-rate guard: its resolve must follow, storm or not
 
 
 def _compact_utc(moment: datetime) -> str:
@@ -277,6 +292,130 @@ def _roots_first(transitions: Sequence[Transition], views: Mapping[str, AgentVie
     return [transition for agent in ordered for transition in by_agent[agent]]
 
 
+@dataclass(slots=True)
+class _Storm:
+    """An alert storm in progress: pages held since `started_at`, the first few agents by name."""
+
+    incident_id: str
+    started_at: datetime
+    last_held_at: datetime
+    held: int = 0
+    agents: list[str] = field(default_factory=list)
+    announced: bool = False
+    restored: bool = False  # open when the monitor restarted: `held` counts only what was held since
+
+
+class _PageRateGuard:
+    """The last stage: at most `max_per_minute` pages within any rolling minute, then one storm notification.
+
+    Beyond the limit a page is held: not sent, recorded (`held` is drained by the shell into the alerts
+    table), and its incident no longer counts as notified, so its reminders and resolve are held too. An
+    incident that was paged before the storm keeps its resolve: whoever got the trigger needs it. The
+    storm ends after a quiet minute (no page held for STORM_WINDOW_S) with one resolve carrying the total.
+    """
+
+    def __init__(self, max_per_minute: int, monitor_agent: str, channels: tuple[str, ...]) -> None:
+        self._max = max_per_minute
+        self._monitor_agent = monitor_agent
+        self._channels = channels
+        self._sent: deque[datetime] = deque()  # when each page of the last minute went out
+        self._storm: _Storm | None = None
+        self.held: list[Notification] = []
+
+    def admit(self, sent: Sequence[tuple[Notification, _Incident]], now: datetime) -> list[Notification]:
+        """What of one batch goes out now (time: `now`, when it is sent, not when its transitions happened)."""
+        if not self._max:
+            for notification, incident in sent:
+                incident.paged = incident.paged or notification.event in _PAGES
+            return [notification for notification, _ in sent]
+        while self._sent and (now - self._sent[0]).total_seconds() >= STORM_WINDOW_S:
+            self._sent.popleft()
+        out: list[Notification] = []
+        held_incidents: set[str] = set()
+        for notification, incident in sent:
+            page = notification.event in _PAGES
+            if not page and notification.incident_id not in held_incidents:
+                out.append(notification)  # a resolve of a paged incident (held ones never get here, but below)
+                continue
+            if page and self._storm is None and len(self._sent) < self._max:
+                self._sent.append(now)
+                incident.paged = True
+                out.append(notification)
+                continue
+            self._hold(notification, incident, now)
+            held_incidents.add(notification.incident_id)
+        if self._storm is not None and not self._storm.announced:
+            self._storm.announced = True
+            out.append(self._storm_notification(Event.TRIGGER, now))
+        return out
+
+    def open_storm(self) -> OpenIncident | None:
+        """The storm as an incident the shell stores, so that a restarted monitor still sends its resolve."""
+        storm = self._storm
+        if storm is None or not storm.announced:
+            return None
+        return OpenIncident(
+            storm.incident_id, self._monitor_agent, "storm", Severity.CRITICAL, _STORM_RULE, storm.started_at, True
+        )
+
+    def restore(self, incident: OpenIncident) -> None:
+        # Held pages before the restart are in the alerts table; the quiet minute counts from the storm's start.
+        self._storm = _Storm(
+            incident.incident_id, incident.opened_at, incident.opened_at, announced=True, restored=True
+        )
+
+    def tick(self, now: datetime) -> list[Notification]:
+        """The storm's resolve, once no page was held for a minute."""
+        storm = self._storm
+        if storm is None or (now - storm.last_held_at).total_seconds() < STORM_WINDOW_S:
+            return []
+        notification = self._storm_notification(Event.RESOLVE, now)
+        self._storm = None
+        return [notification]
+
+    def _hold(self, notification: Notification, incident: _Incident, now: datetime) -> None:
+        if notification.event is not Event.RESOLVE and not incident.paged:
+            incident.notified = False  # nobody was told of it: no reminders, no resolve (silenced-like)
+        storm = self._storm
+        if storm is None:
+            storm = self._storm = _Storm(f"{self._monitor_agent}/{_STORM_RULE}/{_compact_utc(now)}", now, now)
+        if notification.event in _PAGES:
+            storm.held += 1
+        storm.last_held_at = now
+        if len(storm.agents) < _STORM_NAMES and notification.agent not in storm.agents:
+            storm.agents.append(notification.agent)
+        self.held.append(notification)
+
+    def _storm_notification(self, event: Event, now: datetime) -> Notification:
+        storm = self._storm
+        assert storm is not None
+        named = ", ".join(storm.agents)
+        more = f" and {storm.held - len(storm.agents)} more" if storm.held > len(storm.agents) else ""
+        if event is Event.TRIGGER:
+            reason = (
+                f"alert storm: more than {self._max} alerts within a minute; {storm.held} held so far "
+                f"({named}{more}); the rest are recorded, not sent, until a quiet minute"
+            )
+        elif storm.restored:
+            reason = f"alert storm over: {storm.held} alerts held since the monitor restarted; see the alerts table"
+        else:
+            reason = f"alert storm over: {storm.held} alerts held in all ({named}{more}); see the alerts table"
+        duration_s = None if event is Event.TRIGGER else max(0.0, (now - storm.started_at).total_seconds())
+        return Notification(
+            event=event,
+            incident_id=storm.incident_id,
+            agent=self._monitor_agent,
+            state="storm" if event is Event.TRIGGER else State.HEALTHY.value,
+            severity=Severity.CRITICAL,
+            reason=reason,
+            at=now,
+            duration_s=duration_s,
+            impacted=tuple(storm.agents),
+            rule=_STORM_RULE,
+            channels=self._channels,
+        )
+
+
 @dataclass
 class _Batch:
     """What one call produces: notifications (each with its incident) and the closed roots still to unfold."""
@@ -300,6 +439,8 @@ class AlertPolicy:
         self._monitor_agent = f"monitor:{monitor_id}"  # ":" is not allowed in agent ids: no clash (SPEC §2)
         self._open: dict[str, _Incident] = {}
         self._lost: _Incident | None = None
+        self._cap: _Incident | None = None  # the monitor refuses new agents: its known-agent cap is reached
+        self._guard = _PageRateGuard(settings.max_pages_per_minute, self._monitor_agent, settings.notify)
         self._silences: tuple[Silence, ...] = ()
         self._openings: dict[str, deque[datetime]] = {}  # per agent, for flap detection
         self._last_ids: dict[str, tuple[str, int]] = {}  # per agent: last incident id base and its repeat count
@@ -311,6 +452,9 @@ class AlertPolicy:
     def restore(self, incidents: Iterable[OpenIncident]) -> None:
         """Take back the incidents that were open when the monitor stopped (not their flapping holds)."""
         for stored in incidents:
+            if stored.agent == self._monitor_agent and stored.rule == _STORM_RULE:
+                self._guard.restore(stored)
+                continue
             incident = _Incident(
                 incident_id=stored.incident_id,
                 agent=stored.agent,
@@ -323,8 +467,11 @@ class AlertPolicy:
                 root=stored.root,
                 channels=tuple(stored.channels),
                 restored=True,
+                paged=stored.notified,
             )
-            if stored.agent == self._monitor_agent:
+            if stored.agent == self._monitor_agent and stored.rule == _CAP_RULE:
+                self._cap = incident
+            elif stored.agent == self._monitor_agent:
                 self._lost = incident
             else:
                 self._open[stored.agent] = incident
@@ -341,8 +488,9 @@ class AlertPolicy:
         self._silences = tuple(silences)
 
     def open_incidents(self) -> list[OpenIncident]:
-        incidents = [*self._open.values(), *([self._lost] if self._lost is not None else [])]
-        return [
+        monitor = [incident for incident in (self._lost, self._cap) if incident is not None]
+        incidents = [*self._open.values(), *monitor]
+        stored = [
             OpenIncident(
                 incident_id=incident.incident_id,
                 agent=incident.agent,
@@ -356,6 +504,8 @@ class AlertPolicy:
             )
             for incident in sorted(incidents, key=lambda incident: (incident.opened_at, incident.agent))
         ]
+        storm = self._guard.open_storm()
+        return [*stored, storm] if storm is not None else stored
 
     def observe(
         self, transitions: Sequence[Transition], views: Mapping[str, AgentView], now: datetime
@@ -382,7 +532,12 @@ class AlertPolicy:
             elif incident.restored and view is not None and view.state is not State.UNKNOWN:
                 self._reconcile_restored(incident, view, batch)
         self._remind(views, now, batch)
-        return self._finish(batch, views, now)
+        return [*self._finish(batch, views, now), *self._guard.tick(now)]
+
+    def take_held(self) -> list[Notification]:
+        """Pages the page-rate guard held back since the last call, for the shell to record (never lost)."""
+        held, self._guard.held = self._guard.held, []
+        return held
 
     def broker_lost(self, now: datetime, reason: str) -> list[Notification]:
         """The monitor lost its broker: one critical trigger for the monitor itself, however often it is told."""
@@ -413,6 +568,66 @@ class AlertPolicy:
             return []
         duration_s = max(0.0, (now - incident.opened_at).total_seconds())
         return [self._send(incident, Event.RESOLVE, now, "broker connection restored", duration_s, State.HEALTHY.value)]
+
+    def agent_cap_reached(self, now: datetime, known: int, cap: int) -> list[Notification]:
+        """The monitor refuses new agent ids: one critical trigger for the monitor, however often it is told."""
+        if self._cap is not None:
+            return []
+        reason = (
+            f"agent cap reached ({known} known, cap {cap}): messages from new agent ids are refused and "
+            "counted; forget agents (fleetpulse forget) or raise --max-agents"
+        )
+        incident = _Incident(
+            incident_id=f"{self._monitor_agent}/{_CAP_RULE}/{_compact_utc(now)}",
+            agent=self._monitor_agent,
+            state="capped",
+            severity=Severity.CRITICAL,
+            rule=_CAP_RULE,
+            opened_at=now,
+            notified=False,
+            reason=reason,
+            channels=self._settings.notify,
+        )
+        self._cap = incident
+        if self._silenced(self._monitor_agent, None, now):
+            return []
+        incident.notified = True
+        return [self._send(incident, Event.TRIGGER, now, reason)]
+
+    def agent_cap_cleared(self, now: datetime, known: int, cap: int) -> list[Notification]:
+        """Known agents are under the cap again (after a forget): the cap alert's resolve, if it was sent."""
+        incident, self._cap = self._cap, None
+        if incident is None or not incident.notified:
+            return []
+        duration_s = max(0.0, (now - incident.opened_at).total_seconds())
+        reason = f"known agents under the cap again ({known} known, cap {cap})"
+        return [self._send(incident, Event.RESOLVE, now, reason, duration_s, State.HEALTHY.value)]
+
+    def forget(self, agents: Iterable[str]) -> int:
+        """An operator forgot these agents: their incidents close without a word; how many were open.
+
+        No resolve is sent: the agent did not recover, people chose to stop watching it. Agents folded
+        into a forgotten root stay unannounced (as after a restart whose root closed unseen); a forgotten
+        dependent leaves its root's impacted list.
+        """
+        closed = 0
+        for agent in agents:
+            incident = self._open.pop(agent, None)
+            self._openings.pop(agent, None)  # a forgotten agent that comes back starts afresh
+            self._last_ids.pop(agent, None)  # (memory bounded by the agents known, not ever seen)
+            self._cost_days.pop(agent, None)
+            self._cost_hours.pop(agent, None)
+            if incident is None:
+                continue
+            closed += 1
+            root = self._open.get(incident.root) if incident.root is not None else None
+            if root is not None and agent in root.impacted:
+                root.impacted.remove(agent)
+            for dependent in incident.impacted:
+                folded = self._open.get(dependent)
+                if folded is not None and folded.root == agent:
+                    folded.root = None
+        return closed
 
     def costs(self, usage: Mapping[str, CostUsage], views: Mapping[str, AgentView], now: datetime) -> list[CostBreach]:
         """Breaches of the first matching cost policy, each reported once per agent, period and UTC day/hour.
@@ -713,12 +928,13 @@ class AlertPolicy:
         """Unfold what closed roots leave behind; triggers list the agents folded into them in the same batch."""
         for root, at in batch.closed_roots:
             self._unfold(root, at, views, now, batch)
-        return [
-            replace(notification, impacted=tuple(incident.impacted))
+        sent = [
+            (replace(notification, impacted=tuple(incident.impacted)), incident)
             if notification.event in (Event.TRIGGER, Event.FLAPPING) and incident.impacted
-            else notification
+            else (notification, incident)
             for notification, incident in batch.sent
         ]
+        return self._guard.admit(sent, now)
 
     def _breach(
         self, agent: str, policy: CostPolicy, period: str, spent: CostUsage, view: AgentView | None, now: datetime
@@ -774,7 +990,9 @@ def parse_duration(text: str | float | int) -> float:
 
 
 _TOP_KEYS = frozenset({"defaults", "rule", "cost"})
-_DEFAULTS_KEYS = frozenset({"notify", "flap_count", "flap_window", "flap_stable", "reminder_every"})
+_DEFAULTS_KEYS = frozenset(
+    {"notify", "flap_count", "flap_window", "flap_stable", "reminder_every", "max_pages_per_minute"}
+)
 _RULE_KEYS = frozenset({"name", "agents", "group", "labels", "states", "severity", "notify"})
 _COST_KEYS = frozenset({"name", "agents", "group", "per_day_usd", "per_hour_usd", "action"})
 
@@ -884,6 +1102,7 @@ def load_settings(path: Path) -> AlertSettings:
         flap_window = "10m"
         flap_stable = "5m"           # a flapping agent stays held until quiet this long
         reminder_every = "1h"        # absent or "0": no reminders
+        max_pages_per_minute = 30    # beyond: one "alert storm" alert, the rest held and recorded; 0: off
 
         [[rule]]                     # in order: the FIRST rule matching the agent and its new state wins
         name = "payments down"
@@ -931,6 +1150,11 @@ def load_settings(path: Path) -> AlertSettings:
         settings["flap_stable_s"] = reader.duration(defaults["flap_stable"], "defaults.flap_stable")
     if "reminder_every" in defaults:
         settings["reminder_every_s"] = reader.duration(defaults["reminder_every"], "defaults.reminder_every") or None
+    if "max_pages_per_minute" in defaults:
+        pages = defaults["max_pages_per_minute"]
+        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+            raise reader.error("defaults.max_pages_per_minute", "must be a whole number >= 0 (0 turns the guard off)")
+        settings["max_pages_per_minute"] = pages
     rules = reader.tables(raw.get("rule", []), "rule")
     if rules:
         settings["rules"] = tuple(reader.rule(rule, f"rule[{index}]") for index, rule in enumerate(rules, 1))

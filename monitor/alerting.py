@@ -6,6 +6,7 @@ silence methods. Delivery happens on the dispatcher's own threads, so nothing he
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -14,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor.alert_policy import AlertPolicy, AlertSettings, CostBreach, CostUsage, OpenIncident, Silence
-from monitor.alerts import Dispatcher
+from monitor.alerts import DeliveryRecord, Dispatcher
 from monitor.channels import Channel, channel_for
 from monitor.health import AgentView
 from monitor.notification import Notification
@@ -24,6 +25,10 @@ from monitor.usage import AgentUsage
 __all__ = ["Alerting", "build_channels", "new_silence"]
 
 _log = logging.getLogger("fleetpulse.alerts")
+
+# The `alerts.channel` of a page the page-rate guard held back: recorded, never delivered (gave_up), so
+# `SELECT * FROM alerts WHERE channel = 'held:alert-storm'` lists every alert a storm summarised.
+HELD_CHANNEL = "held:alert-storm"
 
 
 def build_channels(urls: Sequence[str]) -> dict[str, Channel]:
@@ -143,12 +148,58 @@ class Alerting:
         with self._lock:
             self._send(self._policy.broker_back(now), now)
 
+    def agent_cap_reached(self, now: datetime, known: int, cap: int) -> None:
+        with self._lock:
+            self._send(self._policy.agent_cap_reached(now, known, cap), now)
+
+    def agent_cap_cleared(self, now: datetime, known: int, cap: int) -> None:
+        with self._lock:
+            self._send(self._policy.agent_cap_cleared(now, known, cap), now)
+
+    def forget(self, agents: Sequence[str], now: datetime) -> int:
+        """Close the forgotten agents' incidents without paging; how many were open."""
+        with self._lock:
+            closed = self._policy.forget(agents)
+            self._persist_incidents(now)
+        return closed
+
     def _send(self, notifications: Sequence[Notification], now: datetime) -> None:
         assert self._dispatcher is not None, "alerting not started"
         for notification in notifications:
             _log.info("alert: %s %s", notification.event, notification.summary())
             self._dispatcher.submit(notification)
+        self._record_held(now)
         self._persist_incidents(now)
+
+    def _record_held(self, now: datetime) -> None:
+        """Pages the guard held during a storm become `alerts` rows that are never sent: nothing is lost."""
+        held = self._policy.take_held()
+        if not held:
+            return
+        _log.warning("alerts: alert storm: %d alert(s) held, recorded in the alerts table", len(held))
+        assert self._store is not None
+        records = [
+            DeliveryRecord(
+                id=uuid.uuid4().hex,
+                incident_id=notification.incident_id,
+                agent=notification.agent,
+                at=notification.at,
+                severity=notification.severity.value,
+                event=notification.event.value,
+                channel=HELD_CHANNEL,
+                payload=json.dumps(notification.webhook_body()),
+                attempts=0,
+                delivered_at=None,
+                error="held by the page-rate guard (alert storm)",
+                next_attempt_at=None,
+                gave_up=True,
+            )
+            for notification in held
+        ]
+        try:
+            self._store.record_held(records)  # one transaction: a storm of thousands costs one commit
+        except Exception:
+            _log.exception("alerts: could not record %d held alert(s)", len(records))
 
     def _persist_incidents(self, now: datetime) -> None:
         current = {incident.incident_id: incident for incident in self._policy.open_incidents()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import ipaddress
 import json
@@ -28,7 +29,7 @@ from monitor.alert_policy import parse_duration
 from monitor.dashboard import DashboardAccess, dashboard_page
 from monitor.fleet import sort_for_people, summary
 from monitor.metrics import render_metrics
-from monitor.service import Monitor
+from monitor.service import Monitor, NothingToForget, check_forget_pattern
 from monitor.store import PEOPLE_QUERIES_RUNNING, PEOPLE_QUERIES_WAITING, QueryBusy, QueryTimeout, ReadOnlyViolation
 from publisher.protocol import Command, ControlCommand, format_timestamp
 
@@ -294,6 +295,47 @@ class _Silence(_Handler):
             self.send({"error": f"no silence {silence_id!r} in force"}, 404)
 
 
+class _Forget(_Handler):
+    FORM = 'send JSON {"pattern": "forged-*", "reason": "why", "all": false}'
+    LISTED = 100  # agent ids named in the answer; `count` says how many were forgotten
+
+    async def post(self) -> None:
+        if self.auth is None and not self.loopback:
+            self.send({"error": "forget over the network needs --auth; this server listens beyond loopback"}, 403)
+            return
+        try:
+            body = json.loads(self.request.body or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError(self.FORM)
+            pattern, reason, every = body.get("pattern"), body.get("reason", ""), body.get("all", False)
+            if not isinstance(pattern, str) or not isinstance(reason, str) or not isinstance(every, bool):
+                raise ValueError(self.FORM)
+            check_forget_pattern(pattern, every)
+        except ValueError as error:
+            self.send({"error": str(error)}, 400)
+            return
+        forget = functools.partial(self.monitor.forget, pattern, reason, self.caller, every)
+        try:
+            # The core thread does it (it may be busy for a moment): wait on a worker, not on the event loop.
+            result = await asyncio.get_running_loop().run_in_executor(None, forget)
+        except NothingToForget as error:
+            self.send({"error": str(error)}, 404)
+            return
+        except (TimeoutError, RuntimeError) as error:
+            self.send({"error": f"the monitor could not forget now: {error or 'timed out'}"}, 503)
+            return
+        self.send(
+            {
+                "pattern": result.pattern,
+                "count": len(result.agents),
+                "agents": list(result.agents[: self.LISTED]),
+                "incidents_closed": result.incidents_closed,
+                "command_id": result.command_id,
+                "issued_by": self.caller,
+            }
+        )
+
+
 class _Metrics(_Handler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
@@ -344,6 +386,7 @@ class ApiServer:
             (r"/api/incidents", _Incidents),
             (r"/api/silences", _Silences),
             (r"/api/silences/([0-9a-f]{1,64})", _Silence),
+            (r"/api/forget", _Forget),
             (r"/metrics", _Metrics),
         ]
         settings = {"monitor": self._monitor, "auth": self._auth, "loopback": _is_loopback(self.host)}

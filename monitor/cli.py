@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import getpass
 import json
@@ -169,14 +170,18 @@ def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]
     from monitor.service import Monitor, MonitorConfig
     from monitor.store import StoreLocked
 
+    alerts = load_settings(Path(args.alerts)) if args.alerts else AlertSettings()
+    if args.max_pages_per_minute is not None:  # the command line wins over the rules file
+        alerts = dataclasses.replace(alerts, max_pages_per_minute=args.max_pages_per_minute)
     config = MonitorConfig(
         broker=broker_url,
         db_path=Path(args.db),
         monitor_id=args.monitor_id,
         thresholds=_thresholds(args),
-        alerts=load_settings(Path(args.alerts)) if args.alerts else AlertSettings(),
+        alerts=alerts,
         notify=tuple(args.notify),
         reader_process=args.mqtt_reader == "process",
+        **({"max_agents": args.max_agents} if args.max_agents is not None else {}),
     )
     monitor = Monitor(config)
     api = None
@@ -653,6 +658,25 @@ def _cmd_unsilence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_forget(args: argparse.Namespace) -> int:
+    db = Path(args.db)
+    client = _running_monitor(db)
+    if client is None:
+        # Only the running monitor can forget: it holds the views, and its broker connection clears the
+        # agents' retained messages. Editing the file alone would be undone by the next start's snapshot.
+        raise CliError(
+            f"no monitor answers for {db}: forget needs the running monitor (it also clears the agents' "
+            "retained messages on the broker, or the next start would learn them again); start it, or pass --db"
+        )
+    answer = client.forget(args.pattern, args.reason, every=args.all)
+    listed = ", ".join(answer["agents"]) + (" ..." if answer["count"] > len(answer["agents"]) else "")
+    print(
+        f"forgot {answer['count']} agent(s) matching {args.pattern!r} ({answer['incidents_closed']} open "
+        f"incident(s) closed, audit id {answer['command_id']}): {listed}"
+    )
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------------------
 
 
@@ -681,6 +705,20 @@ def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="URL",
         help="send alerts here: http(s):// is the JSON webhook, anything else an apprise URL (repeatable)",
+    )
+    parser.add_argument(
+        "--max-agents",
+        type=int,
+        metavar="N",
+        help="known agents at most (default 20000; 0: no cap): messages from new ids beyond it are refused and "
+        "counted, with one alert",
+    )
+    parser.add_argument(
+        "--max-pages-per-minute",
+        type=int,
+        metavar="N",
+        help="alerts sent within any minute at most, beyond it one 'alert storm' alert (default 30, or the rules "
+        "file's; 0: off)",
     )
     parser.add_argument(
         "--mqtt-reader",
@@ -796,6 +834,15 @@ def _parser() -> argparse.ArgumentParser:
     unsilence.add_argument("id", help="the silence id (from `fleetpulse silences`)")
     unsilence.add_argument("--db", default=DEFAULT_DB, help=f"history file (default {DEFAULT_DB})")
     unsilence.set_defaults(handler=_cmd_unsilence)
+
+    forget = commands.add_parser(
+        "forget", help="drop agents from the running monitor (views, agents rows, retained messages; history stays)"
+    )
+    forget.add_argument("pattern", help="agent id or glob, e.g. 'forged-*' (quote it from the shell)")
+    forget.add_argument("--reason", default="", help="why: recorded in the audit log")
+    forget.add_argument("--all", action="store_true", help="confirm the pattern '*', which forgets every agent")
+    forget.add_argument("--db", default=DEFAULT_DB, help=f"history file whose monitor to tell (default {DEFAULT_DB})")
+    forget.set_defaults(handler=_cmd_forget)
 
     status = commands.add_parser("status", help="the fleet now: from the running monitor, else the broker")
     status.add_argument("--json", action="store_true", help='print {"summary": ..., "agents": [...]}')

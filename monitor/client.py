@@ -104,6 +104,14 @@ class MonitorClient:
         result: dict[str, Any] = self._call(f"/api/silences/{urllib.parse.quote(silence_id, safe='')}", method="DELETE")
         return result
 
+    def forget(self, pattern: str, reason: str = "", every: bool = False) -> dict[str, Any]:
+        """Forget the agents matching the glob `pattern` (MonitorError 404 if none); `every` confirms "*".
+
+        Answers `pattern`, `count`, `agents` (the first 100), `incidents_closed`, `command_id`.
+        """
+        result: dict[str, Any] = self._call("/api/forget", {"pattern": pattern, "reason": reason, "all": every})
+        return result
+
     def stats(self) -> dict[str, int]:
         """The monitor's own counters: received, applied, duplicate, rejected, rows_stored, transitions..."""
         result: dict[str, int] = self._call("/api/stats")

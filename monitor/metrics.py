@@ -23,6 +23,8 @@ _COUNTERS = {
     "stale_session": "messages of a replaced session ignored",
     "rejected": "messages refused at the boundary (malformed, spoofed, oversize)",
     "rejected_unstored": "rejections only counted, beyond the rate at which they are stored",
+    "refused_agent_cap": "messages from new agent ids refused because the known agents reached --max-agents",
+    "forgotten": "agents forgotten by operators (fleetpulse forget)",
     "commands": "operator commands seen on control topics",
     "transitions": "state transitions recorded",
     "rows_stored": "health message rows committed to DuckDB",

@@ -98,8 +98,8 @@ class ReaderProcess:
             if self._process.is_alive():
                 self._process.kill()
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self._command(("publish", topic, payload))
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self._command(("publish", topic, payload, retain))
 
     def send_probe(self) -> None:
         self._command(("probe",))
@@ -287,7 +287,7 @@ def _child_main(
             except (EOFError, OSError):
                 command = ("stop",)  # the parent is gone
             if command[0] == "publish":
-                subscriber.publish(command[1], command[2])
+                subscriber.publish(command[1], command[2], command[3])
             elif command[0] == "probe":
                 subscriber.send_probe()
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import heapq
 import json
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,7 +58,7 @@ from publisher.protocol import (
     validate_id,
 )
 
-__all__ = ["Monitor", "MonitorConfig", "sidecar_path"]
+__all__ = ["ForgetResult", "Monitor", "MonitorConfig", "NothingToForget", "sidecar_path"]
 
 _log = logging.getLogger("fleetpulse.monitor")
 
@@ -71,6 +73,7 @@ HELD_BACK_GRACE_S = 5.0  # the reader held back this recently: the monitor is be
 # clock is broken (or the message forged), and its stall figures would be nonsense. Staleness is judged
 # by receive time anyway (SPEC §2), so honest skew of minutes is fine.
 MAX_CLOCK_SKEW_S = 86_400.0
+FORGET_TIMEOUT_S = 30.0  # a forget waits this long for the core thread (behind a backlog) before giving up
 
 
 def sidecar_path(db_path: Path) -> Path:
@@ -93,6 +96,13 @@ class MonitorConfig:
     # monitor restart's queued backlog (10 min of 2 s heartbeats).
     agent_messages_per_s: float = 20.0
     agent_burst: int = 300
+    # Known agents at most (issue 14): on an open broker anyone may invent ids, and each one costs memory,
+    # a row and a line of /api/agents (100,000 forged ids: an 82 MB answer taking 4.1 s). 20,000 is the top
+    # of the fleet size the SPEC designs for (20-20,000 agents) and well inside what the README measures
+    # (10,000 and 100,000 agents), so an honest fleet never meets it; a bigger one raises it (--max-agents).
+    # Beyond it, a message from a new id is refused before it creates any state, counted exactly
+    # (refused_agent_cap), and the monitor alerts once. Known agents keep working. 0: no cap.
+    max_agents: int = 20_000
     # A broker shutting down gracefully (Mosquitto on SIGTERM) publishes the will of every client it
     # drops, the monitor's own included, just before it drops the monitor. Will-caused transitions are
     # held this long; if the broker goes away meanwhile they were a shutdown, not deaths.
@@ -126,8 +136,43 @@ class MonitorConfig:
     retention_every_s: float = RETENTION_EVERY_S
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_agents, bool) or not isinstance(self.max_agents, int) or self.max_agents < 0:
+            raise ValueError(f"max_agents must be a whole number >= 0 (0: no cap), got {self.max_agents!r}")
         if self.retention_every_s > 0:
             roll_up_limits(self.raw_retention_s, self.minute_retention_s)  # ValueError now, not in the core
+
+
+class NothingToForget(LookupError):
+    """`forget` was given a pattern that matches no known agent."""
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    """What a forget did: the agents dropped, their incidents closed, its id in the `commands` audit log."""
+
+    pattern: str
+    agents: tuple[str, ...]
+    incidents_closed: int
+    command_id: str
+
+
+@dataclass(frozen=True)
+class _ForgetRequest:
+    """Handed to the core thread through the event queue: views change only there."""
+
+    pattern: str
+    reason: str
+    issued_by: str
+    answer: Future[ForgetResult]
+
+
+def check_forget_pattern(pattern: str, every: bool) -> None:
+    """ValueError with what to fix, for a pattern forget must refuse before looking at any agent."""
+    if not pattern or len(pattern) > 256:
+        raise ValueError("forget needs an agent id or glob of 1-256 characters (e.g. 'forged-*')")
+    if set(pattern) == {"*"} and not every:
+        # Forgetting the whole fleet must be deliberate: a stray shell glob must not do it.
+        raise ValueError("the pattern '*' forgets every agent: confirm with --all (API: \"all\": true)")
 
 
 class _TokenBucket:
@@ -189,7 +234,7 @@ class Monitor:
         self.config = config
         self._url = parse_broker_url(config.broker)
         self._clock = clock
-        self._events: queue.SimpleQueue[Event | list[Event]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[Event | list[Event] | _ForgetRequest] = queue.SimpleQueue()
         self._views: dict[str, AgentView] = {}
         self._usage = UsageBook()  # guarded by _views_lock, like the views
         # When each view must next be ticked (health.next_check_at): a heap with lazy deletion, so a
@@ -210,6 +255,7 @@ class Monitor:
         self._was_behind = False
         self._rejections = _TokenBucket(config.rejected_rows_per_s, 500)
         self._agent_rates = _PerAgentRateLimit(config.agent_messages_per_s, config.agent_burst)
+        self._cap_reached = False  # the agent cap refused a new id since the known agents were last under it
         self._connected = False
         self._broker_silent = False
         self._ever_connected = False
@@ -244,6 +290,9 @@ class Monitor:
                 self._usage.seed(agent, usage)
         self._store.write(WriteBatch(events=[(now, self.config.monitor_id, "started", self._url.display)]))
         self.alerting.start(self._store, now)
+        if len(self._views) < self.config.max_agents or not self.config.max_agents:
+            # A cap alert restored from before a restart whose known agents are now under the cap: resolve it.
+            self.alerting.agent_cap_cleared(now, len(self._views), self.config.max_agents)
         self._write_sidecar()
         if self.config.reader_process:
             self._subscriber = ReaderProcess(self._url, self.config.monitor_id, self._events, {"api": api_url})
@@ -349,6 +398,21 @@ class Monitor:
         self._subscriber.publish(topic, command.to_payload())
         return topic
 
+    def forget(self, pattern: str, reason: str, issued_by: str, every: bool = False) -> ForgetResult:
+        """Drop the known agents matching the glob `pattern` (NothingToForget if none; ValueError if refused).
+
+        Done by the core thread: views, the `agents` rows and open incidents (closed without a page) go,
+        the broker's retained health message of each is cleared (so a restart does not learn them again),
+        and an audit row is written. Heartbeats and transitions stay: history is history. An agent that
+        heartbeats again afterwards is simply new again.
+        """
+        check_forget_pattern(pattern, every)
+        if self._core is None or not self._core.is_alive():
+            raise RuntimeError("the monitor is not running")
+        answer: Future[ForgetResult] = Future()
+        self._events.put(_ForgetRequest(pattern, reason.strip(), issued_by, answer))
+        return answer.result(timeout=FORGET_TIMEOUT_S)
+
     # -- the core thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -357,7 +421,7 @@ class Monitor:
         config = self.config
         retention = Retention(config.raw_retention_s, config.minute_retention_s, config.retention_every_s)
         while True:
-            events: list[Event] = []
+            events: list[Event | _ForgetRequest] = []
             try:
                 # Wake for the next held will on time, not up to one idle wait after it is due.
                 wait_s = 0.05
@@ -458,6 +522,8 @@ class Monitor:
         return carried
 
     def _alert(self, transitions: list[Transition]) -> None:
+        # A transition of an agent forgotten since it happened is history, not news: no incident for it.
+        transitions = [transition for transition in transitions if transition.agent in self._views]
         if not transitions:
             return
         try:
@@ -466,7 +532,13 @@ class Monitor:
             _log.exception("monitor: alerting failed for a batch of transitions")
             self._stats["alert_errors"] += 1
 
-    def _handle(self, event: Event, pending: WriteBatch) -> None:
+    def _handle(self, event: Event | _ForgetRequest, pending: WriteBatch) -> None:
+        if isinstance(event, _ForgetRequest):
+            try:
+                event.answer.set_result(self._forget(event, pending))
+            except Exception as error:  # the caller hears it (NothingToForget, a storage error), the core goes on
+                event.answer.set_exception(error)
+            return
         if isinstance(event, Received):
             self._stats["received"] += 1
             self._heard_until = event.received_at
@@ -568,12 +640,82 @@ class Monitor:
             self._stats["wills_discarded_at_broker_shutdown"] += 1
         self._held_wills.clear()
 
+    def _forget(self, request: _ForgetRequest, pending: WriteBatch) -> ForgetResult:
+        agents = sorted(agent for agent in self._views if fnmatch.fnmatchcase(agent, request.pattern))
+        if not agents:
+            raise NothingToForget(f"no known agent matches {request.pattern!r}")
+        now = self._clock()
+        command_id = uuid.uuid4().hex
+        assert self._store is not None and self._subscriber is not None
+        # Its own batch, committed now: the caller's answer means the rows are gone and the audit row is there.
+        audit = (command_id, now, request.pattern, "forget", request.issued_by, request.reason)
+        self._store.write(WriteBatch(forgotten=agents, commands=[audit]))
+        for agent in agents:
+            del self._views[agent]
+            self._due_at.pop(agent, None)  # (its heap entries are skipped as stale)
+            self._usage.forget(agent)
+            self._agents_written.pop(agent, None)
+            held = self._held_wills.pop(agent, None)
+            if held is not None:
+                pending.transitions.append(held[1])  # stored as history; _alert pages nobody about it
+            pending.agents.pop(agent, None)  # a carried row must not bring it back
+            # An empty retained message deletes the retained one (MQTT 3.1.1 §3.3.1.3); we ignore its echo.
+            self._subscriber.publish(f"agents/{agent}/health", b"", retain=True)
+        closed = self.alerting.forget(agents, now)
+        self._stats["forgotten"] += len(agents)
+        _log.warning(
+            "monitor: %s forgot %d agent(s) matching %r (%d open incident(s) closed): %s",
+            request.issued_by, len(agents), request.pattern, closed, request.reason or "no reason given",
+        )  # fmt: skip
+        cap = self.config.max_agents
+        if cap and len(self._views) < cap:
+            if self._cap_reached:
+                detail = f"{len(self._views)} known"
+                pending.events.append((now, self.config.monitor_id, "agent_cap_cleared", detail))
+            self._cap_reached = False
+            # Also a cap alert restored at startup and not hit since: the policy resolves only an open one.
+            self.alerting.agent_cap_cleared(now, len(self._views), cap)
+        return ForgetResult(request.pattern, tuple(agents), closed, command_id)
+
+    def _within_cap(self, event: Received, pending: WriteBatch) -> bool:
+        """False (refused, counted) for a message of a new agent id while the known agents are at the cap.
+
+        Judged on the topic's id before parsing or rate limiting: a flood of invented ids then costs no
+        state at all (not even a rate bucket) and hardly any CPU. A retained snapshot at startup counts
+        the same way. Rows of refusals are rate-limited like every rejection; the counters stay exact.
+        """
+        cap = self.config.max_agents
+        if not cap or len(self._views) < cap:
+            return True
+        agent = event.topic[len("agents/") : -len("/health")]
+        if agent in self._views or not is_valid_id(agent):
+            return True  # (an invalid id is rejected by parse_health with its own reason)
+        self._stats["refused_agent_cap"] += 1
+        known = len(self._views)
+        self._reject(event, f"agent cap reached ({known} known, --max-agents {cap})", pending)
+        if not self._cap_reached:
+            self._cap_reached = True
+            detail = f"{known} agents known, cap {cap}: new agent ids are refused and counted"
+            _log.warning("monitor: agent cap reached: %s", detail)
+            pending.events.append((event.received_at, self.config.monitor_id, "agent_cap_reached", detail))
+            try:
+                self.alerting.agent_cap_reached(event.received_at, known, cap)
+            except Exception:
+                _log.exception("monitor: alerting failed on reaching the agent cap")
+                self._stats["alert_errors"] += 1
+        return False
+
     def _handle_health(self, event: Received, pending: WriteBatch) -> None:
         if not self._connected:
             # After our own will: the broker is shutting down, what it says now is not news.
             self._stats["dropped_broker_shutting_down"] += 1
             return
-        if not self._within_rate(event, pending):
+        if not event.payload:
+            # How a retained message is deleted (forget does it; so may an operator with mosquitto_pub -r -n):
+            # no health message, no rejection worth a row.
+            self._stats["retained_cleared"] += 1
+            return
+        if not self._within_cap(event, pending) or not self._within_rate(event, pending):
             return
         try:
             message = parse_health(event.topic, event.payload)

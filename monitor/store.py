@@ -85,10 +85,12 @@ class WriteBatch:
     rejected: list[tuple[datetime, str, str, str]] = field(default_factory=list)
     commands: list[tuple[str, datetime, str, str, str, str]] = field(default_factory=list)
     events: list[tuple[datetime, str, str, str | None]] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)  # agents whose `agents` rows go (their history stays)
 
     def __len__(self) -> int:
         return (
-            len(self.heartbeats)
+            len(self.forgotten)
+            + len(self.heartbeats)
             + len(self.transitions)
             + len(self.agents)
             + len(self.rejected)
@@ -162,6 +164,14 @@ def _agent_row(view: AgentView) -> tuple[Any, ...]:
 def _answer_bytes(row: Sequence[Any]) -> int:
     """About how many bytes `row` takes in a JSON answer: what the byte cap counts, without encoding it."""
     return sum(len(value) if isinstance(value, str | bytes) else len(str(value)) for value in row) + 4 * len(row)
+
+
+def _alert_row(record: DeliveryRecord) -> tuple[Any, ...]:
+    return (
+        record.id, record.incident_id, record.agent, record.at, record.severity, record.event, record.channel,
+        record.delivered_at, record.attempts, record.error, record.next_attempt_at, record.gave_up,
+        record.payload,
+    )  # fmt: skip
 
 
 _LOCK_PID = re.compile(r"PID (\d+)")
@@ -244,6 +254,10 @@ class Store:
                     self._append("transitions", ("agent", "at", "from_state", "to_state", "reason", "snapshot"), rows)
                 if batch.agents:
                     self._append("agents", AGENT_COLUMNS, [_agent_row(v) for v in batch.agents.values()], replace=True)
+                if batch.forgotten:
+                    connection.execute(
+                        "DELETE FROM agents WHERE agent IN (SELECT unnest($agents))", {"agents": batch.forgotten}
+                    )
                 if batch.rejected:
                     self._append("rejected", ("received_at", "topic", "reason", "payload_prefix"), batch.rejected)
                 if batch.commands:
@@ -418,11 +432,7 @@ class Store:
 
     def record_delivery(self, record: DeliveryRecord, at: datetime) -> None:
         """One `alerts` row as it stands after an attempt, and the attempt in `alert_attempts` (delivery threads)."""
-        row = (
-            record.id, record.incident_id, record.agent, record.at, record.severity, record.event, record.channel,
-            record.delivered_at, record.attempts, record.error, record.next_attempt_at, record.gave_up,
-            record.payload,
-        )  # fmt: skip
+        row = _alert_row(record)
         with self._write_lock:
             self._connection.execute("BEGIN TRANSACTION")
             try:
@@ -434,6 +444,10 @@ class Store:
             except BaseException:
                 self._connection.execute("ROLLBACK")
                 raise
+
+    def record_held(self, records: Sequence[DeliveryRecord]) -> None:
+        """`alerts` rows of notifications held back by the page-rate guard (never sent, never retried)."""
+        self._upsert("alerts", ALERT_COLUMNS, [_alert_row(record) for record in records])
 
     def pending_deliveries(self) -> list[DeliveryRecord]:
         """Deliveries neither done nor given up: what a restarted monitor must still send."""

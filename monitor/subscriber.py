@@ -142,8 +142,8 @@ class Subscriber:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self._client.publish(topic, payload, qos=1)
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self._client.publish(topic, payload, qos=1, retain=retain)
 
     def send_probe(self) -> None:
         """A message to ourselves through the broker: proof that it still delivers."""

@@ -117,3 +117,7 @@ class UsageBook:
 
     def agents(self) -> list[str]:
         return list(self._agents)
+
+    def forget(self, agent: str) -> None:
+        """Drop a forgotten agent's figures (the heartbeats table keeps its history)."""
+        self._agents.pop(agent, None)
