@@ -38,7 +38,10 @@ class Fleet:
 
     def sql(self, query: str, headers: dict[str, str] | None = None) -> list[list[Any]]:
         request = urllib.request.Request(
-            f"{self.url}api/sql", data=json.dumps({"sql": query}).encode(), headers=headers or {}, method="POST"
+            f"{self.url}api/sql",
+            data=json.dumps({"sql": query}).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             rows: list[list[Any]] = json.load(response)["rows"]
