@@ -38,7 +38,7 @@ from monitor.service import Monitor
 from monitor.store import QueryTimeout, ReadOnlyViolation
 from publisher.protocol import Command, ControlCommand, format_timestamp
 
-__all__ = ["ApiAuth", "ApiServer", "parse_since", "to_json"]
+__all__ = ["ApiAuth", "ApiServer", "check_exposure", "parse_since", "to_json"]
 
 _log = logging.getLogger("fleetpulse.api")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -80,6 +80,16 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def check_exposure(host: str, auth: ApiAuth | None, insecure_no_auth: bool) -> None:
+    """ValueError (one line) for a server beyond loopback without auth, unless the operator insisted."""
+    if auth is None and not _is_loopback(host) and not insecure_no_auth:
+        # Issue 14, item 4: the fleet, its history and /api/sql would be open to the network.
+        raise ValueError(
+            f"--http-host {host} is beyond loopback: protect it with --auth or --auth-file "
+            "(or accept an open dashboard and API with --insecure-no-auth)"
+        )
 
 
 class _Handler(tornado.web.RequestHandler):
@@ -395,12 +405,7 @@ class ApiServer:
         allowed_hosts: Iterable[str] = (),
         insecure_no_auth: bool = False,
     ) -> None:
-        if auth is None and not _is_loopback(host) and not insecure_no_auth:
-            # Issue 14, item 4: the fleet, its history and /api/sql would be open to the network.
-            raise ValueError(
-                f"--http-host {host} is beyond loopback: protect it with --auth or --auth-file "
-                "(or accept an open dashboard and API with --insecure-no-auth)"
-            )
+        check_exposure(host, auth, insecure_no_auth)
         self._monitor = monitor
         self._auth = auth
         self._names = local_names(allowed_hosts)

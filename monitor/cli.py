@@ -163,13 +163,18 @@ def _thresholds(args: argparse.Namespace) -> Any:
 
 
 def _api_auth(args: argparse.Namespace) -> Any:
-    """`--auth` (one operator credential) and `--auth-file` (named credentials with roles), or None."""
-    from monitor.api import ApiAuth
+    """`--auth` (one operator credential) and `--auth-file` (named credentials with roles), or None.
+
+    Checked before anything starts, so a refusal (bad file, open server beyond loopback) is the only line.
+    """
+    from monitor.api import ApiAuth, check_exposure
 
     auth = ApiAuth.parse(args.auth) if args.auth else None
     if args.auth_file:
         from_file = ApiAuth.load(Path(args.auth_file))
         auth = auth.merged(from_file) if auth else from_file
+    if args.dashboard_port:
+        check_exposure(args.http_host, auth, args.insecure_no_auth)
     return auth
 
 
@@ -197,7 +202,7 @@ def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]
                 monitor,
                 args.http_host,
                 args.dashboard_port,
-                auth=_api_auth(args),
+                auth=args.api_auth,
                 allowed_hosts=args.allowed_host,
                 insecure_no_auth=args.insecure_no_auth,
             ).start()
@@ -226,6 +231,7 @@ def _print_transitions(transitions: list[Any]) -> None:
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
     parse_broker_url(args.broker)
+    args.api_auth = _api_auth(args)
     stop = _stop_on_signals()
     monitor, api = _start_monitor(args, args.broker)
     monitor.add_listener(_print_transitions)
@@ -241,6 +247,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from monitor.fleet import headline
 
+    args.api_auth = _api_auth(args)
     stop = _stop_on_signals()
     broker = None
     if args.broker:
