@@ -29,7 +29,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.ioloop import IOLoop
 
 from broker.netutil import LoopThread, ensure_port_free, free_port
-from monitor.access import UNSAFE_METHODS, ApiAuth, FailureBackoff, Role, cross_site_refusal, host_allowed
+from monitor.access import (
+    UNSAFE_METHODS,
+    ApiAuth,
+    Credential,
+    FailureBackoff,
+    Role,
+    cross_site_refusal,
+    host_allowed,
+)
 from monitor.alert_policy import parse_duration
 from monitor.dashboard import DashboardAccess, dashboard_page
 from monitor.fleet import sort_for_people, summary
@@ -131,7 +139,7 @@ class _Handler(tornado.web.RequestHandler):
             if self.changes_state and self.auth is None and not self.loopback:
                 self.send({"error": "changes over the network need --auth; this server listens beyond loopback"}, 403)
 
-    def _authenticate(self) -> Any:
+    def _authenticate(self) -> Credential | None:
         """The caller's credential, or None after answering 401 (or 429 while this address must wait)."""
         assert self.auth is not None
         address = self.request.remote_ip or "unknown"
