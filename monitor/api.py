@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import hmac
 import ipaddress
 import json
 import logging
+import math
 import re
 import secrets
+import socket
+import sys
+import time
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import duckdb
+import tornado.escape
+import tornado.routing
 import tornado.web
-from panel.io.server import get_server
+from panel.auth import BasicAuthProvider, BasicLoginHandler
+from panel.io.server import ComponentResourceHandler, get_server
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.ioloop import IOLoop
 
 from broker.netutil import LoopThread, ensure_port_free, free_port
+from monitor.access import (
+    UNSAFE_METHODS,
+    ApiAuth,
+    Credential,
+    FailureBackoff,
+    Role,
+    cross_site_refusal,
+    host_allowed,
+)
 from monitor.alert_policy import parse_duration
 from monitor.dashboard import DashboardAccess, dashboard_page
 from monitor.fleet import sort_for_people, summary
@@ -33,7 +48,7 @@ from monitor.service import Monitor, NothingToForget, check_forget_pattern
 from monitor.store import PEOPLE_QUERIES_RUNNING, PEOPLE_QUERIES_WAITING, QueryBusy, QueryTimeout, ReadOnlyViolation
 from publisher.protocol import Command, ControlCommand, format_timestamp
 
-__all__ = ["ApiAuth", "ApiServer", "parse_since", "to_json"]
+__all__ = ["ApiAuth", "ApiServer", "check_exposure", "parse_since", "to_json"]
 
 _log = logging.getLogger("fleetpulse.api")
 # Threads for people's SQL: one more than the store admits, so the one past the limit hears 429 at once.
@@ -72,47 +87,6 @@ def to_json(document: Any) -> str:
     return json.dumps(document, default=_plain)
 
 
-@dataclass(frozen=True)
-class ApiAuth:
-    """`--auth token:SECRET` (Authorization: Bearer SECRET) or `--auth basic:USER:PASSWORD`."""
-
-    token: str | None = None
-    user: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ApiAuth:
-        kind, _, rest = text.partition(":")
-        if kind == "token" and len(rest) >= 16:
-            return cls(token=rest)
-        user, _, password = rest.partition(":")
-        if kind == "basic" and user and len(password) >= 8:
-            return cls(user=user, password=password)
-        raise ValueError("--auth takes token:SECRET (16+ characters) or basic:USER:PASSWORD (8+ characters)")
-
-    def panel_basic_auth(self) -> str | dict[str, str]:
-        """The same credentials for Panel's login page: user and password, or any user name with the token."""
-        if self.token is not None:
-            return self.token
-        return {self.user or "": self.password or ""}
-
-    def who(self, authorization: str | None) -> str | None:
-        """The caller's name if `authorization` (the HTTP header) is right, else None."""
-        if not authorization:
-            return None
-        scheme, _, credentials = authorization.partition(" ")
-        if self.token is not None and scheme.lower() == "bearer":
-            return "api-token" if hmac.compare_digest(credentials.strip(), self.token) else None
-        if self.user is not None and scheme.lower() == "basic":
-            try:
-                user, _, password = base64.b64decode(credentials.strip()).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return None
-            matches = hmac.compare_digest(user, self.user) & hmac.compare_digest(password, self.password or "")
-            return user if matches else None
-        return None
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -120,33 +94,84 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def check_exposure(host: str, auth: ApiAuth | None, insecure_no_auth: bool) -> None:
+    """ValueError (one line) for a server beyond loopback without auth, unless the operator insisted."""
+    if auth is None and not _is_loopback(host) and not insecure_no_auth:
+        # Issue 14, item 4: the fleet, its history and /api/sql would be open to the network.
+        raise ValueError(
+            f"--http-host {host} is beyond loopback: protect it with --auth or --auth-file "
+            "(or accept an open dashboard and API with --insecure-no-auth)"
+        )
+
+
 class _Handler(tornado.web.RequestHandler):
     monitor: Monitor
     auth: ApiAuth | None
     loopback: bool
+    backoff: FailureBackoff
     caller: str
+    # Whether this handler's unsafe methods change something (commands, silences, forget): operators only,
+    # and refused beyond loopback without auth. /api/sql says False: a read, if a dangerous one.
+    changes_state = True
 
-    def initialize(self, monitor: Monitor, auth: ApiAuth | None, loopback: bool) -> None:
+    def initialize(self, monitor: Monitor, auth: ApiAuth | None, loopback: bool, backoff: FailureBackoff) -> None:
         self.monitor = monitor
         self.auth = auth
         self.loopback = loopback
+        self.backoff = backoff
 
     def prepare(self) -> None:
+        """Every request passes here (the Host was checked before routing, for every route): who, role, origin."""
         self.caller = f"api@{self.request.remote_ip}"
-        if self.auth is None or self.request.path == "/healthz":  # liveness checks need no secret
+        if self.request.path == "/healthz":  # liveness checks need no secret
             return
-        who = self.auth.who(self.request.headers.get("Authorization"))
-        if who is None and self.request.method in ("GET", "HEAD"):
-            # A browser that logged in on the dashboard's page carries Panel's signed user cookie. Reads
-            # only: a cookie rides along with requests other sites make (CSRF), a header does not; the
-            # dashboard's own buttons act over its websocket, not this API.
+        unsafe = self.request.method in UNSAFE_METHODS
+        if self.auth is not None:
+            credential = self._authenticate()
+            if credential is None:
+                return
+            if unsafe and self.changes_state and credential.role is not Role.OPERATOR:
+                self.send({"error": f"{credential.name!r} is a {credential.role}: this needs an operator"}, 403)
+                return
+            self.caller = f"{credential.name}@{self.request.remote_ip}"
+        if unsafe:
+            headers = self.request.headers
+            refusal = cross_site_refusal(headers.get("Content-Type"), headers.get("Origin"), self.request.host)
+            if refusal is not None:
+                self.send({"error": refusal[1]}, refusal[0])
+                return
+            if self.changes_state and self.auth is None and not self.loopback:
+                self.send({"error": "changes over the network need --auth; this server listens beyond loopback"}, 403)
+
+    def _authenticate(self) -> Credential | None:
+        """The caller's credential, or None after answering 401 (or 429 while this address must wait)."""
+        assert self.auth is not None
+        address = self.request.remote_ip or "unknown"
+        header = self.request.headers.get("Authorization")
+        credential = None
+        if header:
+            # Only a presented secret is a guess: a logged-in browser's reads are never held back.
+            wait_s = self.backoff.retry_after(address, time.monotonic())
+            if wait_s > 0:
+                self.set_header("Retry-After", str(math.ceil(wait_s)))
+                self.send({"error": f"too many wrong credentials from {address}: retry in {math.ceil(wait_s)} s"}, 429)
+                return None
+            credential = self.auth.identify(header)
+            if credential is None:
+                self.backoff.failed(address, time.monotonic())
+            else:
+                self.backoff.succeeded(address)
+        elif self.request.method in ("GET", "HEAD"):
+            # A browser that logged in on the dashboard's page carries Panel's signed user cookie (naming the
+            # credential). Reads only: a cookie rides along with requests other sites make (CSRF), a header
+            # does not; the dashboard's own buttons act over its websocket, not this API.
             cookie = self.get_secure_cookie("user")
-            who = cookie.decode("utf-8", errors="replace") if cookie else None
-        if who is None:
-            self.set_header("WWW-Authenticate", 'Basic realm="fleetpulse"' if self.auth.user else "Bearer")
+            name = cookie.decode("utf-8", errors="replace") if cookie else None
+            credential = next((c for c in self.auth.credentials if c.name == name), None)
+        if credential is None:
+            self.set_header("WWW-Authenticate", self.auth.challenge)
             self.send({"error": "authentication required"}, 401)
-            return
-        self.caller = f"{who}@{self.request.remote_ip}"
+        return credential
 
     def send(self, document: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -195,6 +220,8 @@ class _Outages(_Handler):
 
 
 class _Sql(_Handler):
+    changes_state = False
+
     async def post(self) -> None:
         try:
             body = json.loads(self.request.body or b"{}")
@@ -227,9 +254,6 @@ class _Sql(_Handler):
 
 class _Command(_Handler):
     def post(self, agent: str, verb: str) -> None:
-        if self.auth is None and not self.loopback:
-            self.send({"error": "commands over the network need --auth; this server listens beyond loopback"}, 403)
-            return
         try:
             body = json.loads(self.request.body or b"{}")
             reason = body.get("reason", "") if isinstance(body, dict) else ""
@@ -267,9 +291,6 @@ class _Silences(_Handler):
         self.send(self.monitor.store.silences(None if every else datetime.now(UTC)))
 
     def post(self) -> None:
-        if self.auth is None and not self.loopback:
-            self.send({"error": "silences over the network need --auth; this server listens beyond loopback"}, 403)
-            return
         try:
             body = json.loads(self.request.body or b"{}")
             if not isinstance(body, dict):
@@ -286,9 +307,6 @@ class _Silences(_Handler):
 
 class _Silence(_Handler):
     def delete(self, silence_id: str) -> None:
-        if self.auth is None and not self.loopback:
-            self.send({"error": "silences over the network need --auth; this server listens beyond loopback"}, 403)
-            return
         if self.monitor.alerting.remove_silence(silence_id, datetime.now(UTC)):
             self.send({"removed": silence_id})
         else:
@@ -347,16 +365,118 @@ class _Stats(_Handler):
         self.send(self.monitor.stats())
 
 
+class _Misdirected(tornado.web.RequestHandler):
+    """Any request whose Host names another server (DNS rebinding, a stray proxy): 421, nothing served."""
+
+    def prepare(self) -> None:
+        self.set_status(421)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(to_json({"error": f"Host {self.request.host[:100]!r} is not this server (see --allowed-host)"}))
+
+
+class _ForeignHost(tornado.routing.Matcher):
+    """Matches requests whose Host header is not one of ours (`host_allowed`)."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def match(self, request: Any) -> dict[str, Any] | None:
+        return None if host_allowed(request.host or "", self.names) else {}
+
+
+class _Components(ComponentResourceHandler):
+    """Panel's /components/<module>/<class>/<attribute>/<path>, closed down (issue 14, item 10).
+
+    Upstream imports the module the URL names, for anyone. Here: only modules this process has
+    already imported, and with auth only for a logged-in browser.
+    """
+
+    auth: ApiAuth | None = None
+
+    def prepare(self) -> None:
+        if self.auth is not None and not self.get_secure_cookie("user"):
+            raise tornado.web.HTTPError(403)
+
+    def parse_url_path(self, path: str) -> str:
+        if path.split("/", 1)[0] not in sys.modules:
+            raise tornado.web.HTTPError(404)
+        result: str = super().parse_url_path(path)
+        return result
+
+
+class _Login(BasicLoginHandler):
+    """Panel's login form, with our credentials: constant-time comparisons and the per-address backoff."""
+
+    auth: ApiAuth
+    backoff: FailureBackoff
+
+    def post(self) -> None:
+        address = self.request.remote_ip or "unknown"
+        wait_s = self.backoff.retry_after(address, time.monotonic())
+        if wait_s > 0:
+            self.set_status(429)
+            self.set_header("Retry-After", str(math.ceil(wait_s)))
+            self.finish(f"Too many failed logins from {address}: try again in {math.ceil(wait_s)} s.")
+            return
+        credential = self.auth.login(self.get_argument("username", ""), self.get_argument("password", ""))
+        if credential is None:
+            self.backoff.failed(address, time.monotonic())
+            self.redirect(self.request.uri + "?error=" + tornado.escape.url_escape("Invalid username or password!"))
+            return
+        self.backoff.succeeded(address)
+        self.set_current_user(credential.name)  # the cookie names the credential, not what was typed
+        next_url = self.get_cookie("next_url") or "/"
+        same_site = next_url.startswith("/") and not next_url.startswith("//") and "\\" not in next_url
+        self.redirect(next_url if same_site else "/")
+
+
+class _AuthProvider(BasicAuthProvider):
+    """Panel's basic login page and cookie, with `_Login` instead of Panel's `==` comparison."""
+
+    def __init__(self, auth: ApiAuth, backoff: FailureBackoff) -> None:
+        # Panel configures its handler classes through class attributes; a subclass per server keeps ours apart.
+        self._login = type("_ServerLogin", (_Login,), {"auth": auth, "backoff": backoff})
+        super().__init__()  # which already asks for login_handler
+
+    @property
+    def login_handler(self) -> Any:
+        handler = super().login_handler  # sets Panel's template and endpoint on BasicLoginHandler
+        assert issubclass(self._login, handler)
+        return self._login
+
+
+def local_names(allowed_hosts: Iterable[str] = ()) -> frozenset[str]:
+    """The names a `Host` header may give for this server: localhost, this machine's names, --allowed-host."""
+    names = {"localhost", socket.gethostname(), socket.getfqdn(), *allowed_hosts}
+    return frozenset(name.lower().rstrip(".") for name in names if name)
+
+
 class ApiServer:
     """Serves the API on its own thread and event loop; `url` says where."""
 
     def __init__(
-        self, monitor: Monitor, host: str = "127.0.0.1", port: int = 8080, auth: ApiAuth | None = None
+        self,
+        monitor: Monitor,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        auth: ApiAuth | None = None,
+        allowed_hosts: Iterable[str] = (),
+        insecure_no_auth: bool = False,
     ) -> None:
+        check_exposure(host, auth, insecure_no_auth)
         self._monitor = monitor
         self._auth = auth
+        self._names = local_names(allowed_hosts)
+        self._backoff = FailureBackoff()
         self.host = host
         self.port = port
+        if auth is None and not _is_loopback(host):
+            _log.warning(
+                "INSECURE: --insecure-no-auth on --http-host %s: anyone who can reach port %s reads the fleet, "
+                "its history, the audit log and runs /api/sql; only commands and silences stay refused",
+                host,
+                port,
+            )
         self._loop_thread = LoopThread("fleetpulse-http")
         self._server: Any = None  # bokeh's Server, as Panel builds it
 
@@ -389,7 +509,12 @@ class ApiServer:
             (r"/api/forget", _Forget),
             (r"/metrics", _Metrics),
         ]
-        settings = {"monitor": self._monitor, "auth": self._auth, "loopback": _is_loopback(self.host)}
+        settings = {
+            "monitor": self._monitor,
+            "auth": self._auth,
+            "loopback": _is_loopback(self.host),
+            "backoff": self._backoff,
+        }
         patterns = [(pattern, handler, settings) for pattern, handler in routes]
         # The dashboard and the API share Panel's (tornado) server. With --auth, the page asks for the
         # same credentials on Panel's login form (a signed cookie then carries them, to the API too).
@@ -398,15 +523,20 @@ class ApiServer:
         access = DashboardAccess(
             commands_allowed=self._auth is not None or loopback,
             refusal="Commands are off: this server listens beyond loopback without `--auth`.",
+            operators=self._auth.operators() if self._auth is not None else None,
         )
 
         def page() -> Any:  # a plain function: Panel renders a functools.partial as its repr
             return dashboard_page(monitor, access)
 
-        origins = [f"{host}:{self.port}" for host in {self.host, "127.0.0.1", "localhost"}]
+        origins = sorted({f"{host}:{self.port}" for host in {self.host, "127.0.0.1", *self._names}} | self._names)
         auth_options: dict[str, Any] = {}
         if self._auth is not None:
-            auth_options = {"basic_auth": self._auth.panel_basic_auth(), "cookie_secret": secrets.token_hex(32)}
+            auth_options = {
+                "auth_provider": _AuthProvider(self._auth, self._backoff),
+                "cookie_secret": secrets.token_hex(32),
+            }
+        components = type("_ServerComponents", (_Components,), {"auth": self._auth})
 
         def serve(loop: asyncio.AbstractEventLoop) -> Any:
             server = get_server(
@@ -425,6 +555,13 @@ class ApiServer:
                 check_unused_sessions_milliseconds=1_000,
                 **auth_options,
             )
+            # Before any of Panel's and Bokeh's routes: a Host that is not ours gets 421 on every path
+            # (page, websocket, static, API); /components/ gets the closed-down handler.
+            router = server._tornado.default_router  # bokeh's Server keeps its tornado Application there
+            router.rules[:0] = [
+                router.process_rule(tornado.routing.Rule(_ForeignHost(self._names), _Misdirected)),
+                router.process_rule(tornado.routing.Rule(tornado.routing.PathMatches(r"/components/(.*)"), components)),
+            ]
             server.start()
             return server
 

@@ -163,10 +163,26 @@ def _thresholds(args: argparse.Namespace) -> Any:
     return ThresholdPolicy(default=default, overrides=tuple(overrides))
 
 
+def _api_auth(args: argparse.Namespace) -> Any:
+    """`--auth` (one operator credential) and `--auth-file` (named credentials with roles), or None.
+
+    Checked before anything starts, so a refusal (bad file, open server beyond loopback) is the only line.
+    """
+    from monitor.api import ApiAuth, check_exposure
+
+    auth = ApiAuth.parse(args.auth) if args.auth else None
+    if args.auth_file:
+        from_file = ApiAuth.load(Path(args.auth_file))
+        auth = auth.merged(from_file) if auth else from_file
+    if args.dashboard_port:
+        check_exposure(args.http_host, auth, args.insecure_no_auth)
+    return auth
+
+
 def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]:
     """Monitor plus its HTTP API; CliError (one line) for a held database or a taken port."""
     from monitor.alert_policy import AlertSettings, load_settings
-    from monitor.api import ApiAuth, ApiServer
+    from monitor.api import ApiServer
     from monitor.service import Monitor, MonitorConfig
     from monitor.store import StoreLocked
 
@@ -187,8 +203,14 @@ def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]
     api = None
     if args.dashboard_port:
         try:
-            auth = ApiAuth.parse(args.auth) if args.auth else None
-            api = ApiServer(monitor, args.http_host, args.dashboard_port, auth=auth).start()
+            api = ApiServer(
+                monitor,
+                args.http_host,
+                args.dashboard_port,
+                auth=args.api_auth,
+                allowed_hosts=args.allowed_host,
+                insecure_no_auth=args.insecure_no_auth,
+            ).start()
         except OSError as error:
             raise CliError(error.strerror or str(error)) from None
     try:
@@ -214,6 +236,7 @@ def _print_transitions(transitions: list[Any]) -> None:
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
     parse_broker_url(args.broker)
+    args.api_auth = _api_auth(args)
     stop = _stop_on_signals()
     monitor, api = _start_monitor(args, args.broker)
     monitor.add_listener(_print_transitions)
@@ -229,6 +252,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from monitor.fleet import headline
 
+    args.api_auth = _api_auth(args)
     stop = _stop_on_signals()
     broker = None
     if args.broker:
@@ -693,8 +717,28 @@ def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--auth",
         default=os.environ.get("FLEETPULSE_AUTH"),
-        help="protect the HTTP API: token:SECRET or basic:USER:PASSWORD (or env FLEETPULSE_AUTH); without it, "
-        "commands are refused when --http-host is not loopback",
+        help="protect the dashboard and HTTP API with one operator credential: token:SECRET or "
+        "basic:USER:PASSWORD (or env FLEETPULSE_AUTH)",
+    )
+    parser.add_argument(
+        "--auth-file",
+        metavar="PATH",
+        default=os.environ.get("FLEETPULSE_AUTH_FILE"),
+        help="credentials with roles, one 'NAME viewer|operator SECRET' a line, mode 0600 "
+        "(or env FLEETPULSE_AUTH_FILE)",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the dashboard is reached by, e.g. behind a reverse proxy (repeatable; IP addresses, "
+        "localhost and this machine's names are always accepted)",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve a non-loopback --http-host without --auth: anyone who reaches it reads everything",
     )
     parser.add_argument(
         "--alerts", metavar="PATH", help="alert rules, channels and cost policies (TOML; built-in defaults without it)"

@@ -101,7 +101,8 @@ class MonitorClient:
         return result
 
     def unsilence(self, silence_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(f"/api/silences/{urllib.parse.quote(silence_id, safe='')}", method="DELETE")
+        path = f"/api/silences/{urllib.parse.quote(silence_id, safe='')}"
+        result: dict[str, Any] = self._call(path, {}, method="DELETE")  # a JSON body: the server wants JSON
         return result
 
     def forget(self, pattern: str, reason: str = "", every: bool = False) -> dict[str, Any]:

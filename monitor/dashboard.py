@@ -58,6 +58,17 @@ class DashboardAccess:
 
     commands_allowed: bool = True
     refusal: str = ""
+    # With logins: the credential names whose role may command (operators); None: no logins at all.
+    operators: frozenset[str] | None = None
+
+    def allows(self, user: str | None) -> bool:
+        """Whether `user` (the session's login, `pn.state.user`: a signed cookie) may send commands."""
+        return self.commands_allowed and (self.operators is None or user in self.operators)
+
+    def refusal_for(self, user: str | None) -> str:
+        if not self.commands_allowed:
+            return self.refusal
+        return f"Commands are off: `{user}` is a viewer login; commands need an operator's."
 
 
 def _percent(ratio: float | None) -> float | None:
@@ -253,11 +264,12 @@ class _AgentDetail:
         self.confirmation = pn.Column(self.question, pn.Row(self.reason, self.confirm, self.cancel), visible=False)
         self.result = pn.pane.Markdown(css_classes=["command-result"])
         self._pending: Command | None = None
+        allowed = access.allows(pn.state.user)
         for command, button in self.buttons.items():
             button.on_click(functools.partial(self._ask, command))
-            button.disabled = not access.commands_allowed
-        if not access.commands_allowed:
-            self.result.object = access.refusal
+            button.disabled = not allowed
+        if not allowed:
+            self.result.object = access.refusal_for(pn.state.user)
         self.confirm.on_click(lambda _event: self._send())
         self.cancel.on_click(lambda _event: self._close())
         self.select.param.watch(lambda _event: self.refresh(), "value")
@@ -300,7 +312,11 @@ class _AgentDetail:
 
     def _send(self) -> None:
         agent, command = self.select.value, self._pending
-        if not agent or command is None or not self._access.commands_allowed:
+        if not agent or command is None:
+            return
+        if not self._access.allows(pn.state.user):  # decided here, on the server: a disabled button is only a hint
+            self.result.object = self._access.refusal_for(pn.state.user)
+            self._close()
             return
         reason = (self.reason.value or "").strip() or "from the dashboard"
         control = ControlCommand(command=command, id=uuid.uuid4().hex, issued_by=_caller(), reason=reason)

@@ -38,7 +38,10 @@ class Fleet:
 
     def sql(self, query: str, headers: dict[str, str] | None = None) -> list[list[Any]]:
         request = urllib.request.Request(
-            f"{self.url}api/sql", data=json.dumps({"sql": query}).encode(), headers=headers or {}, method="POST"
+            f"{self.url}api/sql",
+            data=json.dumps({"sql": query}).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             rows: list[list[Any]] = json.load(response)["rows"]
@@ -49,7 +52,9 @@ class Fleet:
 def fleet(tmp_path: Path, request: pytest.FixtureRequest, receiver: Receiver) -> Iterator[Fleet]:
     """`fleetpulse up --demo 3` on free ports (demo-2 and demo-3 depend on demo-1), alerting to `receiver`."""
     http_port = free_port()
-    extra = [*getattr(request, "param", []), "--notify", receiver.url]
+    # A callable argument is made per test from tmp_path (e.g. an --auth-file).
+    extra = [arg(tmp_path) if callable(arg) else arg for arg in getattr(request, "param", [])]
+    extra += ["--notify", receiver.url]
     with cli_process(
         "up", "--demo", "3", "--port", str(free_port()), "--dashboard-port", str(http_port),
         "--db", str(tmp_path / "fleet.duckdb"), *extra,
