@@ -61,7 +61,8 @@ from publisher.protocol import (
 )
 
 VICTIMS = ("victim-1", "victim-2", "victim-3")
-OUTCOMES = ("applied", "duplicate", "stale_will", "stale_session", "late")
+# An empty payload is how a retained message is deleted: the monitor counts it as retained_cleared, unparsed.
+OUTCOMES = ("applied", "duplicate", "stale_will", "stale_session", "late", "retained_cleared")
 SETTLE_S = 30.0
 
 # Characters of hostile ids: some legal, the rest what a topic level must never smuggle in.
@@ -412,7 +413,7 @@ class FuzzTarget:
         if message.must_reject and not rejected:
             self.problems.append(f"parse_health accepted a {message.category} message: {message.payload[:300]!r}")
         self.sent[message.category] += 1
-        self.parser_rejected += rejected
+        self.parser_rejected += rejected and bool(message.payload)  # (empty: retained_cleared, never parsed)
         if message.retain:
             self._retained.add(message.topic)
         self._client.publish(message.topic, message.payload, qos=1, retain=message.retain)
