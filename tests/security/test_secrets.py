@@ -22,7 +22,7 @@ import pytest
 
 from broker import EmbeddedBroker, PasswordFile, Role
 from broker.netutil import free_port
-from monitor.client import MonitorClient
+from monitor.client import MonitorClient, MonitorError
 from monitor.sidecar import proof, sidecar_path
 from monitor.store import Store
 from tests.conftest import CLI, ROOT, BrokerProcess, cli_process, read_until
@@ -203,6 +203,13 @@ def test_a_proven_monitor_gets_the_token_and_answers(amqtt_broker: BrokerProcess
     args = ("monitor", "--broker", amqtt_broker.url, "--db", str(db), "--dashboard-port", str(free_port()))
     with fleetpulse(*args, env=env) as m:
         read_until(m, "HTTP API:")
+        sidecar = json.loads(sidecar_path(db).read_text())
+        anonymous = MonitorClient(sidecar["api"])
+        challenge = "c0ffee" * 8
+        assert anonymous.healthz(challenge)["proof"] == proof(sidecar["nonce"], challenge)
+        with pytest.raises(MonitorError) as bad:
+            anonymous.healthz("not hex")
+        assert bad.value.status == 400
         # The database is held: an answer can only come from the monitor's API, with the token.
         answer = run_cli("sql", "SELECT event FROM monitor_events", "--json", "--db", str(db), env=env)
         assert answer.returncode == 0, answer.stderr
@@ -324,3 +331,17 @@ def test_a_secret_on_the_command_line_works_with_one_warning_and_never_shows(tmp
     for completed in (result, malformed, from_env):
         assert not [s for s in SECRETS if s in completed.stderr + completed.stdout]
     assert not [s for s in SECRETS if s in text], text
+
+
+def test_up_hands_its_demo_agents_their_issued_credentials_outside_argv(tmp_path: Path) -> None:
+    passwords = PasswordFile(tmp_path / "fleet.passwd")
+    passwords.add("ops", BROKER_PW, Role.MONITOR)
+    passwords.save()
+    args = ("up", "--demo", "1", "--password-file", str(tmp_path / "fleet.passwd"), "--port", str(free_port()))
+    args += ("--dashboard-port", str(free_port()), "--db", str(tmp_path / "up.duckdb"))
+    with fleetpulse(*args) as up:
+        lines = read_until(up, "fleet: 1/1 healthy")  # so the demo agent logged in with what it was given
+        (pid,) = [int(line.split(" runs as pid ")[1].split()[0]) for line in lines if "demo agent demo-1 " in line]
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert "--broker" not in command_line and "@" not in command_line, command_line
+        assert "FLEETPULSE_BROKER=mqtt://demo-1:" in Path(f"/proc/{pid}/environ").read_bytes().decode()
