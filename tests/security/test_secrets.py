@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -22,11 +23,12 @@ import pytest
 
 from broker import EmbeddedBroker, PasswordFile, Role
 from broker.netutil import free_port
+from monitor.alert_policy import AlertSettings
 from monitor.client import MonitorClient, MonitorError
 from monitor.sidecar import proof, sidecar_path
 from monitor.store import Store
 from tests.conftest import CLI, ROOT, BrokerProcess, cli_process, read_until
-from tests.e2e.test_monitor import AGENT_SCRIPT, eventually
+from tests.e2e.test_monitor import AGENT_SCRIPT, eventually, state_of
 from tests.http_receiver import Receiver
 
 TOKEN = "api-token-Vq8sLw2Rk9Xz"
@@ -35,7 +37,8 @@ AGENT_PW = "agent-pw-8GdPx2Kq"
 HOOK_PW = "hook-pw-Rb5Nw3Ls"
 QUERY_TOKEN = "query-tok-Hy6Fz1Qm"
 FILE_TOKEN = "file-tok-Uc2Ve9Ja"
-SECRETS = (TOKEN, BROKER_PW, HOOK_PW, QUERY_TOKEN, FILE_TOKEN)
+RULES_TOKEN = "rules-tok-Pn4Kd8Wb"
+SECRETS = (TOKEN, BROKER_PW, HOOK_PW, QUERY_TOKEN, FILE_TOKEN, RULES_TOKEN)
 
 
 def _environment(**extra: str) -> dict[str, str]:
@@ -269,17 +272,16 @@ def test_secrets_given_by_environment_and_file_reach_no_argv_log_or_row(
             agent = spawn(AGENT_SCRIPT, f"mqtt://agent-x:{AGENT_PW}@127.0.0.1:{broker.port}", "agent-x", "0.5", "5")
             eventually(lambda: [a["health_status"] for a in client.list_agents()] == ["healthy"])
             agent.kill()
-            eventually(
-                lambda: (
-                    {r.path for r in receiver.requests} == {"/hook?key=" + QUERY_TOKEN, f"/hook2?token={FILE_TOKEN}"}
-                )
-            )
+            paths = {f"/hook?key={QUERY_TOKEN}", f"/hook2?token={FILE_TOKEN}"}
+            eventually(lambda: {r.path for r in receiver.requests} == paths)
             (hook,) = [r for r in receiver.requests if r.path.startswith("/hook?")]
             assert hook.headers["authorization"] == "Basic " + base64.b64encode(f"hook:{HOOK_PW}".encode()).decode()
             eventually(lambda: all(a["delivered_at"] for a in client.alerts()) and len(client.alerts()) == 2)
 
             answers = [json.dumps(client.alerts()), json.dumps(client.stats()), client.metrics()]
             answers += [json.dumps(client.healthz()), json.dumps(client.list_agents()), sidecar_path(db).read_text()]
+            answers += [json.dumps(client.incidents())]
+            assert client.incidents(), "the agent's incident is open"
             for answer in answers:
                 assert not [s for s in SECRETS if s in answer], answer
             assert {a["channel"] for a in client.alerts()} == {
@@ -345,3 +347,29 @@ def test_up_hands_its_demo_agents_their_issued_credentials_outside_argv(tmp_path
         command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
         assert "--broker" not in command_line and "@" not in command_line, command_line
         assert "FLEETPULSE_BROKER=mqtt://demo-1:" in Path(f"/proc/{pid}/environ").read_bytes().decode()
+
+
+def test_an_incidents_channel_urls_are_stored_without_their_secrets_and_still_resolve_after_a_restart(
+    amqtt_broker: BrokerProcess, monitor_factory: Any, spawn: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    url = f"{receiver.url}?token={RULES_TOKEN}"
+    settings = AlertSettings(notify=(url,))  # as a rules file's [defaults] notify gives it
+    db = tmp_path / "fleet.duckdb"
+    monitor = monitor_factory(amqtt_broker, db=db, alerts=settings, alert_backoff_s=(0.2, 0.5))
+    agent = spawn(AGENT_SCRIPT, amqtt_broker.url, "orders", "0.5", "5")
+    eventually(lambda: state_of(monitor, "orders") == "healthy")
+    agent.kill()
+    eventually(lambda: [r.json()["event"] for r in receiver.requests] == ["trigger"])
+    stored = monitor.store.query("SELECT channels FROM alert_incidents")[1]
+    assert stored == [([f"{receiver.url}?token=*** #{hashlib.sha256(url.encode()).hexdigest()[:16]}"],)]
+    monitor.stop()
+
+    restarted = monitor_factory(amqtt_broker, db=db, alerts=settings, alert_backoff_s=(0.2, 0.5))
+    spawn(AGENT_SCRIPT, amqtt_broker.url, "orders", "0.5", "5")
+    eventually(lambda: [r.json()["event"] for r in receiver.requests] == ["trigger", "resolve"], timeout_s=20)
+    assert {r.path for r in receiver.requests} == {
+        f"/hook?token={RULES_TOKEN}"
+    }  # the resolve went where the trigger did
+    for table in ("alert_incidents", "alerts", "alert_attempts"):
+        rows = restarted.store.query(f"SELECT * FROM {table}")[1]
+        assert rows and RULES_TOKEN not in json.dumps(rows, default=str), table
