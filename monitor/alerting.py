@@ -6,17 +6,19 @@ silence methods. Delivery happens on the dispatcher's own threads, so nothing he
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor.alert_policy import AlertPolicy, AlertSettings, CostBreach, CostUsage, OpenIncident, Silence
 from monitor.alerts import DeliveryRecord, Dispatcher
-from monitor.channels import Channel, channel_for
+from monitor.channels import Channel, channel_for, redact_url
 from monitor.health import AgentView
 from monitor.notification import Notification
 from monitor.store import Store
@@ -29,6 +31,20 @@ _log = logging.getLogger("fleetpulse.alerts")
 # The `alerts.channel` of a page the page-rate guard held back: recorded, never delivered (gave_up), so
 # `SELECT * FROM alerts WHERE channel = 'held:alert-storm'` lists every alert a storm summarised.
 HELD_CHANNEL = "held:alert-storm"
+
+
+def stored_channel(channel: str) -> str:
+    """How an open incident's channel is kept in the database: a URL with a secret as its redacted form and a digest.
+
+    The rules file's channel URLs travel with each incident (the resolve goes where the trigger went), and
+    the `alert_incidents` table is readable through SQL: a token there would be everyone's who may query
+    (issue 14 item 8). The digest tells two URLs with the same redacted form apart, so a restarted monitor
+    maps it back to the configured URL (`Alerting.start`).
+    """
+    shown = redact_url(channel) if "://" in channel else channel
+    if "***" not in shown:
+        return channel
+    return f"{shown} #{hashlib.sha256(channel.encode()).hexdigest()[:16]}"
 
 
 def build_channels(urls: Sequence[str]) -> dict[str, Channel]:
@@ -81,7 +97,7 @@ class Alerting:
         """Restore open incidents and silences, re-queue undelivered alerts, start delivering."""
         self._store = store
         with self._lock:
-            incidents = store.open_incidents()
+            incidents = [self._restored(incident) for incident in store.open_incidents()]
             self._policy.restore(incidents)
             self._persisted = {incident.incident_id: incident for incident in incidents}
             self._load_silences(now)
@@ -97,6 +113,21 @@ class Alerting:
             len(incidents),
             len(pending),
         )
+
+    def _restored(self, incident: OpenIncident) -> OpenIncident:
+        """An incident as stored, its channels mapped back to the configured URLs (see `stored_channel`)."""
+        configured = [
+            *self.channels,
+            *self.settings.notify,
+            *(u for rule in self.settings.rules for u in rule.channels),
+        ]
+        urls = {stored_channel(url): url for url in configured}
+        # A stored form whose URL is no longer configured cannot be sent to (its secret is gone): dropped,
+        # the incident then goes to the configured channels.
+        channels = tuple(
+            urls.get(channel, channel) for channel in incident.channels if channel in urls or "***" not in channel
+        )
+        return incident if channels == incident.channels else replace(incident, channels=channels)
 
     def stop(self) -> None:
         if self._dispatcher is not None:
@@ -209,7 +240,8 @@ class Alerting:
         closed = [key for key in self._persisted if key not in current]
         assert self._store is not None
         try:
-            self._store.save_incidents(changed, closed, now)
+            stored = [replace(i, channels=tuple(stored_channel(c) for c in i.channels)) for i in changed]
+            self._store.save_incidents(stored, closed, now)
         except Exception:
             # The alerts themselves went out; only the restart memory of these incidents is behind. Retried
             # with the next change, as _persisted still holds the old picture.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -11,7 +12,7 @@ import urllib.error
 import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol, runtime_checkable
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import apprise
 
@@ -117,7 +118,14 @@ class WebhookChannel:
             raise ValueError(f"not a valid port in webhook URL: {redact_url(url)}") from None
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) webhook URL: {redact_url(url)}")
-        self._url = url
+        # urllib takes `user:password@` for part of the host name, so such a URL never delivered (issue 14
+        # item 13): the user info leaves the URL and goes out as HTTP basic auth, as curl and browsers do.
+        self._authorization: str | None = None
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self._authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        self._url = urlunsplit(parts)
         self.timeout_s = timeout_s
         self.name = name or redact_url(url)
         self._opener = urllib.request.build_opener(_NoRedirects)
@@ -130,6 +138,8 @@ class WebhookChannel:
         headers = {"Content-Type": "application/json", "User-Agent": self._user_agent}
         if delivery_id is not None:
             headers["Idempotency-Key"] = delivery_id
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
         try:
             request = urllib.request.Request(
                 self._url, data=json.dumps(notification.webhook_body()).encode(), headers=headers, method="POST"

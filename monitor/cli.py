@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import dataclasses
 import gc
 import getpass
+import hmac
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
 from publisher.protocol import Command, ControlCommand, validate_id
@@ -76,6 +81,48 @@ def _issued_by() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"[:128]
+
+
+# -- secrets: from the environment or a file, never only from argv ---------------------------------
+# Anything in argv shows in every process listing (`ps`, /proc/<pid>/cmdline) and in shell history
+# (issue 14 item 8). Each secret has an environment or file form; given on the command line it still
+# works, with one warning line that names the other form.
+
+
+def _warn_secret_in_argv(flag: str, shown: str, instead: str) -> None:
+    _log.warning("%s %s: its secret shows in `ps` and shell history; use %s instead", flag, shown, instead)
+
+
+def _resolve_broker(args: argparse.Namespace) -> None:
+    """`--broker` from the command line, else env FLEETPULSE_BROKER, else the default (`up`: its own broker)."""
+    if not hasattr(args, "broker"):
+        return
+    if args.broker is not None:
+        with contextlib.suppress(ValueError):  # (a malformed URL is refused, redacted, where it is parsed)
+            if urlsplit(args.broker).password:
+                shown = parse_broker_url(args.broker).display
+                _warn_secret_in_argv("--broker", shown, "env FLEETPULSE_BROKER")
+        return
+    args.broker = os.environ.get("FLEETPULSE_BROKER") or (None if args.command == "up" else DEFAULT_BROKER_URL)
+
+
+def _notify_urls(args: argparse.Namespace) -> tuple[str, ...]:
+    """Alert channel URLs: `--notify` (repeatable), `--notify-file` (one a line, # comments), env FLEETPULSE_NOTIFY."""
+    from monitor.channels import redact_url
+
+    urls = list(args.notify)
+    for url in urls:
+        if "***" in redact_url(url):
+            _warn_secret_in_argv("--notify", redact_url(url), "env FLEETPULSE_NOTIFY or --notify-file PATH")
+    if args.notify_file:
+        try:
+            text = Path(args.notify_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise CliError(f"--notify-file {args.notify_file}: {getattr(error, 'strerror', None) or error}") from None
+        lines = (line.strip() for line in text.splitlines())
+        urls += [line for line in lines if line and not line.startswith("#")]
+    urls += os.environ.get("FLEETPULSE_NOTIFY", "").split()
+    return tuple(dict.fromkeys(urls))
 
 
 # -- long-running commands ------------------------------------------------------------------------
@@ -195,10 +242,12 @@ def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]
         monitor_id=args.monitor_id,
         thresholds=_thresholds(args),
         alerts=alerts,
-        notify=tuple(args.notify),
+        notify=_notify_urls(args),
         reader_process=args.mqtt_reader == "process",
         **({"max_agents": args.max_agents} if args.max_agents is not None else {}),
     )
+    if args.auth and args.auth != os.environ.get("FLEETPULSE_AUTH"):
+        _warn_secret_in_argv("--auth", args.auth.partition(":")[0] + ":***", "env FLEETPULSE_AUTH")
     monitor = Monitor(config)
     api = None
     if args.dashboard_port:
@@ -234,7 +283,18 @@ def _print_transitions(transitions: list[Any]) -> None:
         print(f"{when} {transition.agent}: {change}: {transition.reason}{snapshot}", flush=True)
 
 
+def _private_files() -> None:
+    """Whatever this process creates from now on is its user's alone (files 0600, directories 0700).
+
+    The database, its WAL (which DuckDB creates itself, so only the umask reaches it), the sidecar and
+    anything else a long-running monitor writes hold the history, the audit log and rejected payloads
+    (issue 14 item 7). Children (demo agents, the reader process) inherit it.
+    """
+    os.umask(0o077)
+
+
 def _cmd_monitor(args: argparse.Namespace) -> int:
+    _private_files()
     parse_broker_url(args.broker)
     args.api_auth = _api_auth(args)
     stop = _stop_on_signals()
@@ -253,14 +313,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from monitor.fleet import headline
 
     args.api_auth = _api_auth(args)
+    _private_files()
     stop = _stop_on_signals()
     broker = None
     if args.broker:
         if args.password_file or args.tls_cert:
-            raise CliError("--password-file and --tls-* configure the embedded broker; with --broker, put "
-                           "credentials in its URL (mqtts://user:password@host:port)")  # fmt: skip
+            raise CliError(
+                "--password-file and --tls-* configure the embedded broker; with --broker or FLEETPULSE_BROKER, "
+                "put credentials in its URL (mqtts://user:password@host:port)"
+            )
         broker_url = args.broker
-        parse_broker_url(broker_url)
+        _log.info("using the broker at %s (no embedded broker)", parse_broker_url(broker_url).display)
     else:
         broker = _start_broker(args)
         broker_url = broker.url
@@ -285,13 +348,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
         monitor.add_listener(on_transitions)
         for n in range(1, args.demo + 1):
             agent_id = f"demo-{n}"
-            # (Issued demo credentials show in `ps` for the life of this `up`; they let in only demo-N.)
             demo_url = broker.issue_url(agent_id) if broker is not None and args.password_file else broker_url
-            command = [sys.executable, "-m", "monitor.cli", "demo", "--broker", demo_url, "--id", agent_id]
+            command = [sys.executable, "-m", "monitor.cli", "demo", "--id", agent_id]
             command += ["--interval-s", str(args.interval_s), "--keepalive-s", str(args.keepalive_s)]
             if n > 1:  # a small dependency graph to look at: every other demo agent needs demo-1
                 command += ["--depends-on", "demo-1"]
-            children.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            # The URL (with issued or given credentials) goes in the child's environment, not its argv (`ps`).
+            environment = {**os.environ, "FLEETPULSE_BROKER": demo_url}
+            children.append(
+                subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
             _log.info("demo agent %s runs as pid %d (try: kill -9 %d)", agent_id, children[-1].pid, children[-1].pid)
         if api:
             _log.info("fleet as JSON: %s/api/status; `fleetpulse status` prints it", api.url)
@@ -372,6 +438,8 @@ def _cmd_credentials(args: argparse.Namespace) -> int:
             else:  # e.g. `pass show fleet/demo-1 | fleetpulse credentials add demo-1 --file ...`
                 password = sys.stdin.readline().rstrip("\n")
         user = passwords.add(args.name, password, Role(args.role), args.group)
+        if args.password is not None:  # (after add(): a refused name is still one line)
+            _warn_secret_in_argv("--password", "***", "the prompt, or the first line of stdin")
         passwords.save()
     except CredentialsError as error:
         raise CliError(str(error)) from None
@@ -415,29 +483,82 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- questions about the fleet ---------------------------------------------------------------------
 
 
-def _running_monitor(db: Path) -> Any:
-    """A client for the monitor holding `db`, if its sidecar names an API that answers; else None."""
-    from monitor.client import MonitorClient, MonitorUnavailable
-    from monitor.service import sidecar_path
+def _api_authorization() -> str | None:
+    """The Authorization header for a monitor's API, from FLEETPULSE_AUTH; None without one.
 
+    The one place the CLI reads API credentials: `_running_monitor` sends them only to a proven monitor.
+    """
+    kind, _, rest = os.environ.get("FLEETPULSE_AUTH", "").partition(":")
+    if kind == "token" and rest:
+        return f"Bearer {rest}"
+    if kind == "basic" and ":" in rest:
+        return "Basic " + base64.b64encode(rest.encode()).decode()
+    return None
+
+
+def _unproven(sidecar: dict[str, Any], owner_uid: int, db: Path, client: Any, credentials: bool) -> str | None:
+    """Why the API a sidecar names is not shown to be the monitor holding `db`; None once it is (issue 14 item 6).
+
+    Two proofs, both needed: (1) the sidecar's pid is alive, runs as the sidecar file's owner (nobody else
+    can write that file) and holds the database; (2) the API answers a fresh random challenge with the HMAC
+    under the sidecar's nonce, which only the monitor and its user know (the file is 0600). After a
+    `kill -9`, whoever binds the dead monitor's port fails both. Where (1) cannot be checked (no /proc),
+    the API is used without credentials only.
+    """
+    from monitor.client import MonitorError, MonitorUnavailable
+    from monitor.sidecar import holds_database, process_owner, proof
+
+    pid, nonce = sidecar.get("pid"), sidecar.get("nonce")
+    if not isinstance(pid, int) or not isinstance(nonce, str) or not nonce:
+        return "it names no pid and nonce (written by an older fleetpulse?)"
+    holding = holds_database(pid, db)
+    if holding is None and credentials:
+        return "this system cannot show which process holds the database; FLEETPULSE_AUTH goes only to a proven monitor"
+    if holding is not None:
+        process_uid = process_owner(pid)
+        if process_uid is None:
+            return f"its process {pid} is gone"
+        if process_uid != owner_uid:
+            return f"process {pid} runs as another user than the one who wrote the file"
+        if not holding:
+            return f"process {pid} does not hold {db}"
+    challenge = secrets.token_hex(32)
     try:
-        sidecar = json.loads(sidecar_path(db).read_text())
-    except (OSError, ValueError):
+        answer = client.healthz(challenge)
+    except (MonitorUnavailable, MonitorError) as error:
+        return str(error)
+    if not hmac.compare_digest(str(answer.get("proof", "")), proof(nonce, challenge)):
+        return f"{client.url} does not prove that it is the monitor which wrote the file"
+    return None
+
+
+def _running_monitor(db: Path) -> Any:
+    """A client for the monitor holding `db`, if its sidecar names an API proven to be that monitor; else None."""
+    from monitor.client import MonitorClient
+    from monitor.sidecar import read_sidecar, sidecar_path
+
+    found = read_sidecar(db)
+    if found is None:
         return None
-    if not sidecar.get("api"):
+    sidecar, status = found
+    api = sidecar.get("api")
+    if not isinstance(api, str) or not api:
         return None
-    auth = os.environ.get("FLEETPULSE_AUTH", "")
-    client = MonitorClient(sidecar["api"], timeout_s=5, token=auth[6:] if auth.startswith("token:") else None)
     try:
-        client.healthz()
-    except MonitorUnavailable:
+        client = MonitorClient(api, timeout_s=5)  # no credentials until it is proven
+    except ValueError:
         return None
-    return client
+    authorization = _api_authorization()
+    why = _unproven(sidecar, status.st_uid, db, client, credentials=authorization is not None)
+    if why is not None:
+        _log.warning("not using the API %s names (%s): %s", sidecar_path(db), api, why)
+        return None
+    return MonitorClient(api, timeout_s=5, authorization=authorization) if authorization else client
 
 
 def _history(db: Path) -> Any:
     """Where `outages` and `sql` read from: the running monitor's API, else the file itself."""
-    from monitor.service import sidecar_path
+    from monitor.sidecar import sidecar_path
     from monitor.store import Store, StoreLocked
 
     client = _running_monitor(db)
@@ -748,7 +869,11 @@ def _add_monitor_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="URL",
-        help="send alerts here: http(s):// is the JSON webhook, anything else an apprise URL (repeatable)",
+        help="send alerts here: http(s):// is the JSON webhook, anything else an apprise URL (repeatable; "
+        "URLs with tokens belong in env FLEETPULSE_NOTIFY, whitespace-separated, or --notify-file, out of `ps`)",
+    )
+    parser.add_argument(
+        "--notify-file", metavar="PATH", help="more --notify URLs, one a line (lines starting with # are comments)"
     )
     parser.add_argument(
         "--max-agents",
@@ -798,6 +923,11 @@ def _add_broker_security_options(parser: argparse.ArgumentParser, default: Any =
     )
 
 
+_BROKER_HELP = (
+    f"broker URL (default: env FLEETPULSE_BROKER, which keeps a password out of `ps`, else {DEFAULT_BROKER_URL})"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetpulse", description="Health monitoring for fleets of AI agents.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -806,7 +936,7 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="embedded broker + monitor + HTTP API (+ N simulated agents)")
     up.add_argument("--host", default="127.0.0.1", help="address the embedded broker listens on (default 127.0.0.1)")
     up.add_argument("--port", type=_port, default=1883, help="embedded broker port (default 1883)")
-    up.add_argument("--broker", help="use this broker instead of starting the embedded one")
+    up.add_argument("--broker", help="use this broker instead of starting the embedded one (or env FLEETPULSE_BROKER)")
     up.add_argument("--demo", type=int, default=0, metavar="N", help="start N simulated agent processes")
     up.add_argument("--interval-s", type=float, default=2.0, help="demo heartbeat interval (default 2)")
     up.add_argument("--keepalive-s", type=int, default=2, help="demo MQTT keep-alive (default 2)")
@@ -815,7 +945,7 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=_cmd_up)
 
     monitor = commands.add_parser("monitor", help="watch the fleet: state machine, DuckDB history, HTTP API")
-    monitor.add_argument("--broker", default=DEFAULT_BROKER_URL, help=f"broker URL (default {DEFAULT_BROKER_URL})")
+    monitor.add_argument("--broker", help=_BROKER_HELP)
     _add_monitor_options(monitor)
     monitor.set_defaults(handler=_cmd_monitor)
 
@@ -851,7 +981,7 @@ def _parser() -> argparse.ArgumentParser:
     credentials.set_defaults(handler=_cmd_credentials)
 
     demo = commands.add_parser("demo", help="run simulated agents against a broker")
-    demo.add_argument("--broker", default=DEFAULT_BROKER_URL, help=f"broker URL (default {DEFAULT_BROKER_URL})")
+    demo.add_argument("--broker", help=_BROKER_HELP)
     demo.add_argument("-n", "--agents", type=int, default=3, help="how many agents (default 3)")
     demo.add_argument("--prefix", default="demo", help="agent ids are PREFIX-1..N (default demo)")
     demo.add_argument("--id", help="run exactly one agent with this id")
@@ -890,7 +1020,7 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="the fleet now: from the running monitor, else the broker")
     status.add_argument("--json", action="store_true", help='print {"summary": ..., "agents": [...]}')
-    status.add_argument("--broker", default=DEFAULT_BROKER_URL, help=f"broker URL (default {DEFAULT_BROKER_URL})")
+    status.add_argument("--broker", help=_BROKER_HELP)
     status.add_argument("--db", default=DEFAULT_DB, help=f"history file whose monitor to ask (default {DEFAULT_DB})")
     status.set_defaults(handler=_cmd_status)
 
@@ -927,7 +1057,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--group", action="store_true", help="send to every instance of this group")
         command.add_argument("--reason", default="", help="why: recorded in the audit log")
         command.add_argument("--issued-by", help="who (default user@host)")
-        command.add_argument("--broker", default=DEFAULT_BROKER_URL, help=f"broker URL (default {DEFAULT_BROKER_URL})")
+        command.add_argument("--broker", help=_BROKER_HELP)
         command.add_argument("--wait-s", type=float, default=10.0, help="how long to wait for the agent to confirm")
         command.set_defaults(handler=_cmd_command, command=name)
     return parser
@@ -937,6 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        _resolve_broker(args)
         result: int = args.handler(args)
         return result
     except (CliError, ValueError, ConnectionError) as error:

@@ -26,13 +26,17 @@ class MonitorUnavailable(ConnectionError):
 class MonitorClient:
     """`MonitorClient("http://127.0.0.1:8080").list_agents()`."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0, token: str | None = None) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 10.0, token: str | None = None, *, authorization: str | None = None
+    ) -> None:
+        """`token` is sent as `Authorization: Bearer TOKEN`; `authorization` is a whole header value (Basic ...)."""
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"monitor URL must look like http://127.0.0.1:8080, got {url!r}")
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        header = authorization or (f"Bearer {token}" if token else None)
+        self._headers = {"Authorization": header} if header else {}
 
     def _call(self, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -51,8 +55,10 @@ class MonitorClient:
             reason = getattr(error, "reason", error)
             raise MonitorUnavailable(f"no fleetpulse monitor answers at {self.url}: {reason}") from None
 
-    def healthz(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("/healthz")
+    def healthz(self, challenge: str | None = None) -> dict[str, Any]:
+        """`{"ok": true, ...}`; with a `challenge` (hex), also the monitor's `proof` of its sidecar's nonce."""
+        query = "?" + urllib.parse.urlencode({"challenge": challenge}) if challenge is not None else ""
+        result: dict[str, Any] = self._call("/healthz" + query)
         return result
 
     def list_agents(self) -> list[dict[str, Any]]:

@@ -40,6 +40,7 @@ from monitor.health import (
 from monitor.history import usage_today
 from monitor.reader import ReaderProcess
 from monitor.retention import MINUTE_RETENTION_S, RAW_RETENTION_S, RETENTION_EVERY_S, Retention, roll_up_limits
+from monitor.sidecar import new_nonce, proof, sidecar_path, write_private
 from monitor.store import Store, WriteBatch
 from monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Subscriber
 from monitor.usage import AgentUsage, UsageBook
@@ -74,11 +75,6 @@ HELD_BACK_GRACE_S = 5.0  # the reader held back this recently: the monitor is be
 # by receive time anyway (SPEC §2), so honest skew of minutes is fine.
 MAX_CLOCK_SKEW_S = 86_400.0
 FORGET_TIMEOUT_S = 30.0  # a forget waits this long for the core thread (behind a backlog) before giving up
-
-
-def sidecar_path(db_path: Path) -> Path:
-    """Where a running monitor says who it is and where its API listens, next to the database it holds."""
-    return db_path.with_name(db_path.name + ".monitor.json")
 
 
 @dataclass
@@ -265,6 +261,7 @@ class Monitor:
         self._subscriber: Subscriber | ReaderProcess | None = None
         self._core: threading.Thread | None = None
         self.api_url: str | None = None
+        self._nonce = new_nonce()  # made again at every start(): the sidecar's secret (monitor/sidecar.py)
         # Channels are built now, so a URL apprise cannot use is an error at startup, not at 3 am.
         self.alerting = Alerting(config.alerts, config.notify, config.monitor_id, config.alert_backoff_s)
         self._last_cost_check = 0.0
@@ -274,6 +271,7 @@ class Monitor:
     def start(self, api_url: str | None = None) -> Monitor:
         """Open the database (StoreLocked if another process holds it), resume, subscribe, run."""
         self.api_url = api_url
+        self._nonce = new_nonce()
         # paho's network thread and the core thread share the GIL. With CPython's default 5 ms switch
         # interval the busy core starves the socket reader (measured: the core waited on an empty queue
         # half the time while the broker had thousands queued). A shorter interval lets the reader in.
@@ -339,15 +337,22 @@ class Monitor:
         """Called on the core thread with each committed batch of transitions."""
         self._listeners.append(listener)
 
+    def prove(self, challenge: str) -> str:
+        """The answer to a CLI's challenge: shows that this API belongs to the monitor that wrote the sidecar."""
+        return proof(self._nonce, challenge)
+
     def _write_sidecar(self) -> None:
+        # 0600 and atomic: the nonce is what a CLI checks before it sends this API a credential, so only
+        # the monitor's user may read it, and nobody may see a half-written file.
         document = {
             "pid": os.getpid(),
             "monitor_id": self.config.monitor_id,
             "api": self.api_url,
             "broker": self._url.display,
             "started_at": format_timestamp(self._clock()),
+            "nonce": self._nonce,
         }
-        sidecar_path(self.config.db_path).write_text(json.dumps(document) + "\n")
+        write_private(sidecar_path(self.config.db_path), json.dumps(document) + "\n")
 
     # -- reads, from any thread --------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,7 @@ AGENT_COLUMNS = (
     "last_seen", "state", "reason", "state_since", "session", "last_seq", "last_heartbeat_at", "reported_status",
     "reported_reason", "last_progress_at", "paused",
 )  # fmt: skip
+_log = logging.getLogger("fleetpulse.store")
 MAX_QUERY_ROWS = 10_000
 QUERY_TIMEOUT_S = 10.0  # a statement typed by a person (API, CLI) is stopped after this long
 # An answer to people's SQL stops growing past this many bytes (about its JSON size; `truncated` says so): one
@@ -177,6 +179,25 @@ def _alert_row(record: DeliveryRecord) -> tuple[Any, ...]:
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
+def _make_private(path: Path) -> None:
+    """Make the database and its WAL 0600 if other users may read them (history, audit log, rejected payloads).
+
+    New files are 0600 already when the CLI runs the monitor (it sets umask 077: DuckDB creates the WAL
+    itself, so only the umask reaches it). This catches files made before that, or by a program using
+    `Store` under a looser umask; a WAL DuckDB makes later follows that program's umask.
+    """
+    for file in (path, path.with_name(path.name + ".wal")):
+        try:
+            mode = file.stat().st_mode & 0o777
+            if mode & 0o077:
+                file.chmod(0o600)
+                _log.warning("%s was readable by other users (mode %03o); made it 0600", file, mode)
+        except FileNotFoundError:
+            continue
+        except OSError as error:  # not ours to change (another owner): say so, keep working
+            _log.warning("%s is readable by other users and cannot be made 0600: %s", file, error.strerror)
+
+
 class Store:
     """One DuckDB file. Writes come from one thread (`write`); reads may come from any (`query`)."""
 
@@ -190,6 +211,8 @@ class Store:
                 match = _LOCK_PID.search(text)
                 raise StoreLocked(self.path, int(match[1]) if match else None, text.splitlines()[0]) from None
             raise
+        if not read_only:
+            _make_private(self.path)
         # GLOBAL: every cursor (a connection of its own) inherits it, and after lock_down nothing can SET it.
         self._connection.execute("SET GLOBAL TimeZone = 'UTC'")
         self._write_lock = threading.Lock()

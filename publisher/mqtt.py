@@ -6,7 +6,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -37,31 +37,44 @@ class BrokerUrl:
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
 
+def _without_password(url: str) -> str:
+    """`url` with its password (if any) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "(a URL that cannot be parsed)"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def parse_broker_url(url: str) -> BrokerUrl:
     """Parse and check a broker URL; raise ValueError naming what is wrong."""
     if not isinstance(url, str) or not url:
         raise ValueError(f"broker URL must be a non-empty string like {DEFAULT_BROKER_URL!r}, got {url!r}")
     parts = urlsplit(url)
+    shown = _without_password(url)  # errors end up in logs and on terminals: never with the password
     if parts.scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        raise ValueError(f"broker URL {shown!r}: scheme must be mqtt:// or mqtts://")
     if not parts.hostname:
-        raise ValueError(f"broker URL {url!r} has no host")
+        raise ValueError(f"broker URL {shown!r} has no host")
     if parts.path not in ("", "/"):
-        raise ValueError(f"broker URL {url!r}: unexpected path {parts.path!r}")
+        raise ValueError(f"broker URL {shown!r}: unexpected path {parts.path!r}")
     try:
         port = parts.port or _DEFAULT_PORTS[parts.scheme]
     except ValueError:
-        raise ValueError(f"broker URL {url!r}: port must be a number from 1 to 65535") from None
+        raise ValueError(f"broker URL {shown!r}: port must be a number from 1 to 65535") from None
     query = parse_qs(parts.query, strict_parsing=False)
     unknown = set(query) - {"protocol", "ca"}
     if unknown:
-        raise ValueError(f"broker URL {url!r}: unknown option(s) {sorted(unknown)}; known: protocol, ca")
+        raise ValueError(f"broker URL {shown!r}: unknown option(s) {sorted(unknown)}; known: protocol, ca")
     protocol_name = query.get("protocol", ["3.1.1"])[-1]
     if protocol_name not in _PROTOCOLS:
-        raise ValueError(f"broker URL {url!r}: protocol must be 3.1.1 or 5")
+        raise ValueError(f"broker URL {shown!r}: protocol must be 3.1.1 or 5")
     ca_file = query.get("ca", [None])[-1]
     if ca_file is not None and parts.scheme != "mqtts":
-        raise ValueError(f"broker URL {url!r}: ca= only makes sense with mqtts://")
+        raise ValueError(f"broker URL {shown!r}: ca= only makes sense with mqtts://")
     return BrokerUrl(
         host=parts.hostname,
         port=port,

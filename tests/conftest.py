@@ -233,10 +233,20 @@ CLI = [sys.executable, "-m", "monitor.cli"]
 
 
 @contextlib.contextmanager
-def cli_process(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """`fleetpulse ARGS` in a process group of its own, stdout and stderr merged; killed at the end if it still runs."""
+def cli_process(*args: str, env: dict[str, str] | None = None, umask: int = -1) -> Iterator[subprocess.Popen[str]]:
+    """`fleetpulse ARGS` in a process group of its own, stdout and stderr merged; killed at the end if it still runs.
+
+    `env` replaces the environment, `umask` (unless -1) is the child's.
+    """
     process = subprocess.Popen(
-        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=ROOT
+        [*CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        umask=umask,
     )
     try:
         yield process

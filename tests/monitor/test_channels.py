@@ -7,6 +7,7 @@ dead channel), and an aiosmtpd SMTP server for e-mail. Waits poll with generous 
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import itertools
@@ -239,6 +240,26 @@ def test_webhook_posts_the_body_with_its_headers(receiver: Receiver) -> None:
     assert with_id.headers["user-agent"].startswith("fleetpulse/")
     assert with_id.headers["idempotency-key"] == "d-123"
     assert "idempotency-key" not in without_id.headers
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "credentials"),
+    [("hook:s3cret-pw", b"hook:s3cret-pw"), ("a%40b:p%3Aw%2F1", b"a@b:p:w/1"), ("token-only", b"token-only:")],
+)
+def test_user_and_password_in_a_webhook_url_go_out_as_basic_auth(
+    receiver: Receiver, userinfo: str, credentials: bytes
+) -> None:
+    url = receiver.url.replace("http://", f"http://{userinfo}@") + "?key=q-secret"
+    channel = WebhookChannel(url)
+    channel.send(notification())
+    (request,) = receiver.requests
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(credentials).decode()
+    assert request.path == "/hook?key=q-secret"
+    assert "s3cret" not in channel.name and "p%3Aw" not in channel.name and "q-secret" not in channel.name
+    receiver.answers.append(401)
+    with pytest.raises(DeliveryError) as refused:
+        channel.send(notification())
+    assert "s3cret" not in str(refused.value) and "q-secret" not in str(refused.value)
 
 
 @pytest.mark.parametrize("status", [201, 202, 204])
