@@ -27,10 +27,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.netutil import free_port
+from monitor.report import format_html
 from tests.browser import test_dashboard
 from tests.browser.test_dashboard import _eventually, _page
 from tests.conftest import cli_process
 from tests.http_receiver import Receiver
+from tests.monitor.test_report import HOSTILE, hostile_report
 
 browser = test_dashboard.browser  # the same real-Chromium fixture
 
@@ -53,7 +55,8 @@ _INJECTED = """() => {
         for (const element of root.querySelectorAll("*")) {
             const tag = element.tagName.toLowerCase();
             if (tag === "img" && element.getAttribute("src") === "x") found.push("img[src=x]");
-            if (tag === "script" && element.textContent.includes("__pwned")) found.push("script");
+            // (a chart's own script may carry the strings as JSON data: inert)
+            if (tag === "script" && element.textContent.trim().startsWith("window.__pwned")) found.push("script");
             if (element.hasAttribute("onerror")) found.push(tag + "[onerror]");
             const href = element.getAttribute("href") || "";
             if (/^\\s*javascript:/i.test(href)) found.push(tag + "[href=javascript:]");
@@ -66,7 +69,9 @@ _INJECTED = """() => {
 
 
 @dataclass
-class HostileFleet:
+class Site:
+    """What a test visits, and the dialogs its pages opened (a script that ran might open one)."""
+
     url: str
     dialogs: list[str]
 
@@ -96,7 +101,7 @@ def _agents(url: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def hostile_fleet(tmp_path: Path, receiver: Receiver) -> Iterator[HostileFleet]:
+def hostile_fleet(tmp_path: Path, receiver: Receiver) -> Iterator[Site]:
     """`fleetpulse up` with four paho agents: xss-a healthy (needs b and c), xss-b degraded, xss-c dead by its
     will, xss-d stopped; an operator's pause of xss-a and a silence, each with a hostile reason."""
     broker_port, http_port = free_port(), free_port()
@@ -134,7 +139,7 @@ def hostile_fleet(tmp_path: Path, receiver: Receiver) -> Iterator[HostileFleet]:
             _post(f"{url}api/agents/xss-a/pause", {"reason": COMMAND_REASON})
             _post(f"{url}api/silences", {"pattern": "nobody-*", "for": "1h", "reason": SILENCE_REASON})
             assert _eventually(lambda: receiver.delivered(), timeout_s=15), "no alert was delivered"
-            yield HostileFleet(url, [])
+            yield Site(url, [])
         finally:
             client.loop_stop()
             client.disconnect()
@@ -143,7 +148,7 @@ def hostile_fleet(tmp_path: Path, receiver: Receiver) -> Iterator[HostileFleet]:
                 up.wait(timeout=30)
 
 
-def _open(browser: Any, fleet: HostileFleet, path: str = "") -> Any:
+def _open(browser: Any, fleet: Site, path: str = "") -> Any:
     page = _page(browser, fleet.url + path)
     page.on("dialog", lambda dialog: (fleet.dialogs.append(dialog.message), dialog.dismiss()))
     return page
@@ -153,7 +158,7 @@ def _show(page: Any, tab: str) -> None:
     page.locator(".bk-tab", has_text=re.compile(rf"^\s*{tab}\s*$")).click()
 
 
-def _assert_inert(page: Any, fleet: HostileFleet, *shown: str) -> None:
+def _assert_inert(page: Any, fleet: Site, *shown: str) -> None:
     """Each of `shown` is on the page as text; nothing was injected, nothing ran."""
     for text in shown:
         page.get_by_text(text).first.wait_for()
@@ -164,7 +169,7 @@ def _assert_inert(page: Any, fleet: HostileFleet, *shown: str) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_every_view_shows_agent_strings_as_text(hostile_fleet: HostileFleet, browser: Any) -> None:
+def test_every_view_shows_agent_strings_as_text(hostile_fleet: Site, browser: Any) -> None:
     fleet = hostile_fleet
     page = _open(browser, fleet)
     page.get_by_text("1/4 healthy").first.wait_for(timeout=30_000)
@@ -189,3 +194,13 @@ def test_every_view_shows_agent_strings_as_text(hostile_fleet: HostileFleet, bro
     assert page.locator(".tabulator", has_text="from").get_by_text(f"reported: {REASON}").count() >= 1
     page = _open(browser, fleet, "?agent=xss-d")
     _assert_inert(page, fleet, f"stopped: {STOP_REASON}")
+
+
+@pytest.mark.timeout(60)
+def test_the_html_report_shows_every_string_as_text(browser: Any, tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    path.write_text(format_html(hostile_report()), encoding="utf-8")
+    report = Site(path.as_uri(), [])
+    page = _open(browser, report)
+    page.locator("canvas").first.wait_for()  # the chart drew: its JSON (with the strings) was read
+    _assert_inert(page, report, f"{HOSTILE}-agent", f"{HOSTILE}-model", f"{HOSTILE}.duckdb")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-from html.parser import HTMLParser
 
 import panel as pn
 import pytest
@@ -11,25 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.markup import literal
-
-
-class _Parsed(HTMLParser):
-    """The elements and the text of an HTML fragment, as a browser's parser reads them."""
-
-    def __init__(self, fragment: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[str] = []
-        self.attributes: list[tuple[str, str | None]] = []
-        self.text = ""
-        self.feed(fragment)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        self.attributes += attrs
-
-    def handle_data(self, data: str) -> None:
-        self.text += data
+from tests.parsed_html import ParsedHtml
 
 
 def rendered_markdown(markdown: str) -> str:
@@ -72,7 +53,7 @@ def _spaced(value: str) -> str:
 
 @pytest.mark.parametrize(("value"), [value for _, value in HOSTILE], ids=[name for name, _ in HOSTILE])
 def test_a_markdown_pane_shows_the_value_as_text(value: str) -> None:
-    parsed = _Parsed(rendered_markdown(f"before {literal(value)} after"))
+    parsed = ParsedHtml(rendered_markdown(f"before {literal(value)} after"))
     assert parsed.tags in ([], ["p"])  # one paragraph: no link, image, emphasis, code, heading, table, math
     assert parsed.attributes == []
     assert parsed.text.strip() == f"before {_spaced(value)} after"
@@ -80,7 +61,7 @@ def test_a_markdown_pane_shows_the_value_as_text(value: str) -> None:
 
 @pytest.mark.parametrize(("value"), [value for _, value in HOSTILE], ids=[name for name, _ in HOSTILE])
 def test_html_text_and_attributes_show_the_value(value: str) -> None:
-    parsed = _Parsed(f'<p title="{literal(value)}">{literal(value)}</p>')
+    parsed = ParsedHtml(f'<p title="{literal(value)}">{literal(value)}</p>')
     assert parsed.tags == ["p"]
     assert parsed.attributes == [("title", _spaced(value))]
     assert parsed.text == _spaced(value)
@@ -88,7 +69,7 @@ def test_html_text_and_attributes_show_the_value(value: str) -> None:
 
 def test_inside_a_markdown_table_cell_the_value_stays_in_its_cell() -> None:
     value = "a | b <b>c</b>\n| d |"
-    parsed = _Parsed(rendered_markdown(f"| k | v |\n|---|---|\n| one | {literal(value)} |"))
+    parsed = ParsedHtml(rendered_markdown(f"| k | v |\n|---|---|\n| one | {literal(value)} |"))
     assert parsed.tags.count("td") == 2 and "b" not in parsed.tags
     assert _spaced(value).strip() in parsed.text
 
@@ -96,6 +77,6 @@ def test_inside_a_markdown_table_cell_the_value_stays_in_its_cell() -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=80))
 def test_any_text_reads_back_unchanged_from_markdown(value: str) -> None:
-    parsed = _Parsed(rendered_markdown(f"x {literal(value)} x"))
+    parsed = ParsedHtml(rendered_markdown(f"x {literal(value)} x"))
     assert set(parsed.tags) <= {"p"}
     assert parsed.text.strip() == f"x {_spaced(value)} x"
