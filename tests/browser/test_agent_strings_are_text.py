@@ -31,18 +31,11 @@ from monitor.report import format_html
 from tests.browser import test_dashboard
 from tests.browser.test_dashboard import _eventually, _page
 from tests.conftest import cli_process
+from tests.hostile import heartbeat, hostile
 from tests.http_receiver import Receiver
 from tests.monitor.test_report import HOSTILE, hostile_report
 
 browser = test_dashboard.browser  # the same real-Chromium fixture
-
-
-def hostile(tag: str) -> str:
-    """HTML that runs script if it is ever parsed, Markdown that makes a javascript: link; `tag` says whose."""
-    return (
-        f'<img src=x onerror="window.__pwned=1">{tag}<script>window.__pwned=1</script>'
-        f"[{tag}](javascript:window.__pwned=1)**{tag}**"
-    )
 
 
 NAME, HOST, VERSION, LABEL_KEY, LABEL_VALUE = (hostile(tag) for tag in ("N", "H", "V", "LK", "LV"))
@@ -74,17 +67,6 @@ class Site:
 
     url: str
     dialogs: list[str]
-
-
-def _heartbeat(agent: str, session: str, seq: int, **fields: Any) -> bytes:
-    message = {
-        "v": 1, "agent": agent, "name": f"{NAME} {agent}", "kind": "heartbeat", "status": "healthy",
-        "session": session, "seq": seq, "sent_at": datetime.now(UTC).isoformat(), "interval_s": 30,
-        "host": HOST, "pid": 4242, "version": VERSION, "labels": {LABEL_KEY: LABEL_VALUE},
-        "metrics": {"ok": 3, "cost_usd": 0.25, "by_model": {MODEL: {"cost_usd": 0.25, "tokens_in": 10}}},
-    }  # fmt: skip
-    message.update(fields)
-    return json.dumps(message).encode()
 
 
 def _post(url: str, body: dict[str, Any]) -> None:
@@ -124,9 +106,9 @@ def hostile_fleet(tmp_path: Path, receiver: Receiver) -> Iterator[Site]:
 
             sessions = {agent: uuid.uuid4().hex for agent in ("xss-a", "xss-b", "xss-c", "xss-d")}
             for agent, session in sessions.items():
-                publish(agent, _heartbeat(agent, session, 0, depends_on=["xss-b", "xss-c"] if agent == "xss-a" else []))
+                publish(agent, heartbeat(agent, session, 0, depends_on=["xss-b", "xss-c"] if agent == "xss-a" else []))
             assert _eventually(lambda: len(_agents(url)) == 4, timeout_s=15)
-            publish("xss-b", _heartbeat("xss-b", sessions["xss-b"], 1, status="degraded", reason=REASON))
+            publish("xss-b", heartbeat("xss-b", sessions["xss-b"], 1, status="degraded", reason=REASON))
             will = {"v": 1, "agent": "xss-c", "kind": "will", "session": sessions["xss-c"],
                     "sent_at": datetime.now(UTC).isoformat(), "interval_s": 30}  # fmt: skip
             publish("xss-c", json.dumps(will).encode())  # what the broker sends when the connection dies

@@ -39,6 +39,7 @@ from monitor.report import (
 from monitor.schema import migrate
 from monitor.store import Store
 from tests.conftest import CLI, ROOT
+from tests.hostile import hostile
 from tests.parsed_html import ParsedHtml
 
 T0 = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
@@ -215,7 +216,7 @@ def test_the_html_report_is_standalone(report: Report) -> None:
     assert not re.search(r"<(script|link)[^>]*(src|href)=", page)  # opens offline: nothing to fetch
 
 
-HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>[x](javascript:window.__pwned=1)'
+HOSTILE = hostile("report")
 
 
 def hostile_report() -> Report:
