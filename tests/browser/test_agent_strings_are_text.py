@@ -39,7 +39,8 @@ browser = test_dashboard.browser  # the same real-Chromium fixture
 
 
 NAME, HOST, VERSION, LABEL_KEY, LABEL_VALUE = (hostile(tag) for tag in ("N", "H", "V", "LK", "LV"))
-REASON, STOP_REASON, MODEL, COMMAND_REASON, SILENCE_REASON = (hostile(tag) for tag in ("R", "S", "M", "C", "Q"))
+REASON, STOP_REASON, MODEL, COMMAND_REASON = (hostile(tag) for tag in ("R", "S", "M", "C"))
+SILENCE_PATTERN, SILENCE_REASON = hostile("P*"), hostile("Q")  # the pattern is a glob that matches no agent
 
 # What no view may contain: anything an agent's string could have made (searched through shadow roots).
 _INJECTED = """() => {
@@ -85,7 +86,7 @@ def _agents(url: str) -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def hostile_fleet(tmp_path: Path, receiver: Receiver) -> Iterator[Site]:
     """`fleetpulse up` with four paho agents: xss-a healthy (needs b and c), xss-b degraded, xss-c dead by its
-    will, xss-d stopped; an operator's pause of xss-a and a silence, each with a hostile reason."""
+    will, xss-d stopped; an operator's pause of xss-a and a silence, with hostile reasons (and pattern)."""
     broker_port, http_port = free_port(), free_port()
     with cli_process(
         "up", "--port", str(broker_port), "--dashboard-port", str(http_port), "--db", str(tmp_path / "x.duckdb"),
@@ -119,7 +120,7 @@ def hostile_fleet(tmp_path: Path, receiver: Receiver) -> Iterator[Site]:
                 lambda: {a: r["health_status"] for a, r in _agents(url).items()} == states, timeout_s=15
             ), _agents(url)
             _post(f"{url}api/agents/xss-a/pause", {"reason": COMMAND_REASON})
-            _post(f"{url}api/silences", {"pattern": "nobody-*", "for": "1h", "reason": SILENCE_REASON})
+            _post(f"{url}api/silences", {"pattern": SILENCE_PATTERN, "for": "1h", "reason": SILENCE_REASON})
             assert _eventually(lambda: receiver.delivered(), timeout_s=15), "no alert was delivered"
             yield Site(url, [])
         finally:
@@ -130,9 +131,14 @@ def hostile_fleet(tmp_path: Path, receiver: Receiver) -> Iterator[Site]:
                 up.wait(timeout=30)
 
 
-def _open(browser: Any, fleet: Site, path: str = "") -> Any:
-    page = _page(browser, fleet.url + path)
-    page.on("dialog", lambda dialog: (fleet.dialogs.append(dialog.message), dialog.dismiss()))
+def _open(browser: Any, site: Site, path: str = "") -> Any:
+    page = _page(browser, site.url + path)
+
+    def on_dialog(dialog: Any) -> None:
+        site.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     return page
 
 
@@ -164,7 +170,7 @@ def test_every_view_shows_agent_strings_as_text(hostile_fleet: Site, browser: An
     _assert_inert(page, fleet, "xss-c is unreachable; impacted: xss-a (healthy)")
     _show(page, "Alerts")
     page.locator(".tabulator", has_text="folded into").get_by_text("xss-c").first.wait_for()
-    _assert_inert(page, fleet, SILENCE_REASON)
+    _assert_inert(page, fleet, SILENCE_PATTERN, SILENCE_REASON)
     _show(page, "Monitor")
     _assert_inert(page, fleet, "messages received")
 
@@ -174,6 +180,11 @@ def test_every_view_shows_agent_strings_as_text(hostile_fleet: Site, browser: An
     page = _open(browser, fleet, "?agent=xss-b")
     _assert_inert(page, fleet, f"{NAME} xss-b", f"reported: {REASON}")  # facts and recent transitions
     assert page.locator(".tabulator", has_text="from").get_by_text(f"reported: {REASON}").count() >= 1
+    # The state timeline's tooltip (a Bokeh hover, `@reason`): over the latest stay, just left of the toolbar.
+    timeline = page.locator("canvas").first.bounding_box()
+    page.mouse.move(timeline["x"] + timeline["width"] - 50, timeline["y"] + timeline["height"] * 0.4)
+    page.locator(".bk-tooltip-row-value", has_text=f"reported: {REASON}").wait_for()
+    _assert_inert(page, fleet)
     page = _open(browser, fleet, "?agent=xss-d")
     _assert_inert(page, fleet, f"stopped: {STOP_REASON}")
 
