@@ -240,7 +240,8 @@ class _AgentDetail:
         self._access = access
         self.select = pn.widgets.Select(name="agent", options=[], width=280)
         self.window = pn.widgets.RadioButtonGroup(name="window", options=list(WINDOWS)[:2], value="24 h")
-        self.facts = pn.pane.Markdown(name="agent-facts", css_classes=["agent-facts"])
+        # No heading anchors: they would make an element id (and a link) out of the agent's own name.
+        self.facts = pn.pane.Markdown(name="agent-facts", css_classes=["agent-facts"], disable_anchors=True)
         self.timeline = pn.pane.Bokeh(sizing_mode="stretch_width")
         self.latency = pn.pane.Bokeh(sizing_mode="stretch_width")
         self.cost = pn.pane.Bokeh(sizing_mode="stretch_width")
