@@ -205,6 +205,9 @@ class AppriseChannel:
                 body=_plain_text_body(notification),
                 title=_shorten(notification.summary(), _TITLE_MAX_CHARS),
                 notify_type=_notify_type(notification),
+                # TEXT: an agent's strings (reason, labels) are text. apprise (2.3) escapes a text body for the
+                # services that render HTML (e-mail) or Markdown; a title is escaped with the body where a
+                # service blends the two, and goes to the service's own title field (a mail Subject) elsewhere.
                 body_format=apprise.NotifyFormat.TEXT,
                 timeout=self.timeout_s,
             )

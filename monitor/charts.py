@@ -63,6 +63,7 @@ def state_timeline(stays: Sequence[Mapping[str, Any]], since: datetime, until: d
     plot.quad(left="left", right="right", bottom=0, top=1, color="colour", source=source)
     plot.yaxis.visible = False
     plot.ygrid.visible = False
+    # `@reason` is an agent's own text: Bokeh escapes a tooltip's values unless the field says `{safe}`.
     plot.add_tools(HoverTool(tooltips=[("state", "@state"), ("reason", "@reason")]))
     return plot
 

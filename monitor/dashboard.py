@@ -2,6 +2,10 @@
 
 Each browser session gets its own page (`dashboard_page`). The fleet view polls the monitor's in-memory
 views every second (no SQL); the detail and history views query DuckDB, less often and only while shown.
+
+Every string an agent (or any MQTT client, or a person) sent is text, never markup: Markdown and HTML panes
+take such strings only through `markup.literal`; tables show them through Tabulator's default StringFormatter
+(a text node) and charts through Bokeh tooltips without `{safe}` (escaped) -- never an html formatter.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import panel as pn
 
 from monitor import charts, history
 from monitor.fleet import age_text, headline, sort_for_people
+from monitor.markup import literal
 from monitor.service import Monitor
 from publisher.protocol import Command, ControlCommand
 
@@ -214,7 +219,7 @@ class _MonitorStatus:
         rate = self._rate(received)
         broker_state = "connected" if monitor.connected else "NOT connected"
         self.line.object = (
-            f"broker `{monitor.broker_display}` {broker_state} \u00b7 ingest {rate} \u00b7 "
+            f"broker <code>{literal(monitor.broker_display)}</code> {broker_state} \u00b7 ingest {rate} \u00b7 "
             f"rejected {stats.get('rejected', 0):,} \u00b7 stored {stats.get('rows_stored', 0):,} heartbeats"
         )
         if not full:
@@ -225,15 +230,15 @@ class _MonitorStatus:
             [
                 "| monitor | |",
                 "|---|---|",
-                f"| id | `{monitor.config.monitor_id}` |",
-                f"| broker | `{monitor.broker_display}`: {broker} |",
+                f"| id | <code>{literal(monitor.config.monitor_id)}</code> |",
+                f"| broker | <code>{literal(monitor.broker_display)}</code>: {broker} |",
                 f"| ingest rate | {rate} |",
                 f"| messages received | {received:,} |",
                 f"| heartbeat rows stored | {stats.get('rows_stored', 0):,} |",
                 f"| rejected | {stats.get('rejected', 0):,} (malformed, spoofed or oversize messages) |",
                 f"| duplicates dropped | {stats.get('duplicate', 0):,} |",
                 f"| transitions | {stats.get('transitions', 0):,} |",
-                f"| database | `{monitor.config.db_path}` ({size_mib:,.1f} MiB) |",
+                f"| database | <code>{literal(monitor.config.db_path)}</code> ({size_mib:,.1f} MiB) |",
             ]
         )
 
@@ -246,7 +251,8 @@ class _AgentDetail:
         self._access = access
         self.select = pn.widgets.Select(name="agent", options=[], width=280)
         self.window = pn.widgets.RadioButtonGroup(name="window", options=list(WINDOWS)[:2], value="24 h")
-        self.facts = pn.pane.Markdown(name="agent-facts", css_classes=["agent-facts"])
+        # No heading anchors: they would make an element id (and a link) out of the agent's own name.
+        self.facts = pn.pane.Markdown(name="agent-facts", css_classes=["agent-facts"], disable_anchors=True)
         self.timeline = pn.pane.Bokeh(sizing_mode="stretch_width")
         self.latency = pn.pane.Bokeh(sizing_mode="stretch_width")
         self.cost = pn.pane.Bokeh(sizing_mode="stretch_width")
@@ -301,7 +307,7 @@ class _AgentDetail:
             Command.PAUSE: "its work loop blocks until resumed",
             Command.RESUME: "its work loop continues",
         }.get(command, "")
-        self.question.object = f"**{command.value.title()} `{agent}`?** {consequence}."
+        self.question.object = f"**{command.value.title()} <code>{literal(agent)}</code>?** {consequence}."
         self.confirm.name = f"Confirm {command.value}"
         self.confirmation.visible = True
 
@@ -323,9 +329,12 @@ class _AgentDetail:
         try:
             topic = self._monitor.send_command(control, agent=agent)
         except Exception as error:  # the broker may be gone: say so on the page, never break the session
-            self.result.object = f"**{command.value} not sent:** {error}"
+            self.result.object = f"**{command.value} not sent:** {literal(error)}"
         else:
-            self.result.object = f"`{command.value}` sent to `{topic}` by {control.issued_by} (id `{control.id}`)."
+            self.result.object = (
+                f"<code>{command.value}</code> sent to <code>{literal(topic)}</code> by {literal(control.issued_by)} "
+                f"(id <code>{control.id}</code>)."
+            )
         self._close()
 
     def set_agents(self, agents: list[str]) -> None:
@@ -380,23 +389,26 @@ class _AgentDetail:
 
 
 def _facts(record: dict[str, Any], now: datetime) -> str:
+    """The agent's facts as Markdown. Every value in it goes through `literal`: an agent's name, reason,
+    host, version and labels are whatever it sent, shown as text and never as markup (issue 14, item 3)."""
     colour = charts.STATE_COLOURS.get(record["health_status"], "#000")
     badge = (
         f'<span class="state-badge" style="background:{colour};color:white;padding:2px 8px;border-radius:4px">'
-        f"{record['health_status']}</span>"
+        f"{literal(record['health_status'])}</span>"
     )
-    labels = ", ".join(f"{k}={v}" for k, v in record["labels"].items()) or "none"
+    labels = ", ".join(f"{literal(k)}={literal(v)}" for k, v in record["labels"].items()) or "none"
+    depends_on = ", ".join(literal(agent) for agent in record["depends_on"]) or "nothing"
     success = _percent(record.get("success_ratio_today"))
-    paused = " \u2014 **paused**" if record["paused"] else ""
+    paused = " \u2014 <strong>paused</strong>" if record["paused"] else ""
     return "\n".join(
         [
-            f"## {record['display_name']} (`{record['agent']}`) {badge}",
-            f"**{record['reason']}** since {record['state_since']}; last heartbeat "
-            f"{age_text(record['last_heartbeat_at'], now)}{paused}",
+            f"## {literal(record['display_name'])} (<code>{literal(record['agent'])}</code>) {badge}",
+            f"<strong>{literal(record['reason'] or '')}</strong> since {literal(record['state_since'])}; "
+            f"last heartbeat {age_text(record['last_heartbeat_at'], now)}{paused}",
             "",
-            f"host `{record['host']}` pid {record['pid']} \u00b7 version `{record['version']}` \u00b7 group "
-            f"`{record['group'] or '-'}` \u00b7 every {record['interval_s']} s \u00b7 depends on "
-            f"{', '.join(record['depends_on']) or 'nothing'} \u00b7 labels {labels}",
+            f"host <code>{literal(record['host'])}</code> pid {literal(record['pid'])} \u00b7 version "
+            f"<code>{literal(record['version'])}</code> \u00b7 group <code>{literal(record['group'] or '-')}</code> "
+            f"\u00b7 every {record['interval_s']} s \u00b7 depends on {depends_on} \u00b7 labels {labels}",
             "",
             f"today: {record.get('tasks_ok_today', 0)} ok, {record.get('tasks_failed_today', 0)} failed"
             f"{f' ({success} %)' if success is not None else ''} \u00b7 cost ${record.get('cost_today_usd', 0):.4f}",
@@ -500,7 +512,7 @@ class _AlertsView:
 
     def __init__(self, monitor: Monitor) -> None:
         self._monitor = monitor
-        channels = ", ".join(f"`{c.name}`" for c in monitor.alerting.channels.values())
+        channels = ", ".join(f"<code>{literal(c.name)}</code>" for c in monitor.alerting.channels.values())
         self.channels = pn.pane.Markdown(
             f"Channels: {channels or 'none configured (`--notify URL` or a rules file)'}. Silence with "
             "`fleetpulse silence 'glob' --for 2h --reason ...`."
@@ -553,7 +565,7 @@ def dashboard_page(monitor: Monitor, access: DashboardAccess | None = None) -> p
     access = access or DashboardAccess()
     records, frame = _shared(monitor).get()
     title = pn.pane.Markdown()
-    summary = pn.pane.Markdown(f"## {headline(records)}", name="headline", css_classes=["fleet-headline"])
+    summary = pn.pane.Markdown(f"## {literal(headline(records))}", name="headline", css_classes=["fleet-headline"])
     table = pn.widgets.Tabulator(
         frame,
         show_index=False,
@@ -600,13 +612,15 @@ def dashboard_page(monitor: Monitor, access: DashboardAccess | None = None) -> p
         more = f"<p>{left_out} more agents not drawn.</p>" if left_out else ""
         graph.object = svg + more if svg else "<p>No agent declares <code>depends_on</code>.</p>"
         lines = charts.impact_lines(current)
-        impact.object = "\n".join(f"* {line}" for line in lines) if lines else "Every agent that others need is up."
+        impact.object = (
+            "\n".join(f"* {literal(line)}" for line in lines) if lines else "Every agent that others need is up."
+        )
 
     def refresh() -> None:
         current, frame = _shared(monitor).get()
         broker = "connected" if monitor.connected else "NOT connected: states are unknown"
-        title.object = f"# fleetpulse \u2014 monitor `{monitor.config.monitor_id}`, broker {broker}"
-        summary.object = f"## {headline(current)}"
+        title.object = f"# fleetpulse \u2014 monitor <code>{literal(monitor.config.monitor_id)}</code>, broker {broker}"
+        summary.object = f"## {literal(headline(current))}"
         if table.value is not frame:
             table.value = frame
         detail.set_agents([r["agent"] for r in current])

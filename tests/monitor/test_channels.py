@@ -363,6 +363,27 @@ def test_email_through_apprise_reaches_a_local_smtp_server() -> None:
     assert "event: trigger" in text
 
 
+def test_an_html_email_shows_an_agents_markup_as_text() -> None:
+    # body_format=TEXT: apprise escapes the body for the services that render HTML (e-mail here) or Markdown.
+    mailbox = MailBox("fleet", "hunter2")
+    port = free_port()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=port)
+    smtp.start()
+    hostile = '<img src=x onerror="alert(1)"><script>alert(2)</script>[x](javascript:alert(3))'
+    try:
+        channel = channel_for(f"mailto://127.0.0.1:{port}?from=fp@example.com&to=ops@example.com&format=html")
+        channel.send(replace(notification(), reason=f"reported: {hostile}"))
+    finally:
+        smtp.stop()
+
+    (message,) = mailbox.messages
+    part = message.get_body(preferencelist=("html",))
+    assert part is not None and part.get_content_type() == "text/html"
+    body = part.get_content()
+    assert "<img" not in body and "<script" not in body
+    assert "&lt;img" in body and "&lt;script&gt;alert(2)&lt;/script&gt;" in body
+
+
 # -- Dispatcher ---------------------------------------------------------------------------------------
 
 

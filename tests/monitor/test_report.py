@@ -25,7 +25,10 @@ from monitor.api import to_json
 from monitor.cli import main
 from monitor.report import (
     AgentFigures,
+    Incident,
+    ModelCost,
     Report,
+    Spender,
     build_report,
     format_duration,
     format_html,
@@ -36,6 +39,8 @@ from monitor.report import (
 from monitor.schema import migrate
 from monitor.store import Store
 from tests.conftest import CLI, ROOT
+from tests.hostile import hostile
+from tests.parsed_html import ParsedHtml
 
 T0 = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
 
@@ -209,6 +214,33 @@ def test_the_html_report_is_standalone(report: Report) -> None:
     assert "<td>orders</td><td>2</td><td>24 min</td><td>77.142 %</td>" in page
     assert "Bokeh" in page and "<script" in page  # the chart, its library inlined
     assert not re.search(r"<(script|link)[^>]*(src|href)=", page)  # opens offline: nothing to fetch
+
+
+HOSTILE = hostile("report")
+
+
+def hostile_report() -> Report:
+    """A report whose every string carries HTML and script: model names are whatever agents sent; agent ids
+    are validated at the boundary, and the report escapes them all the same."""
+    agent, other = f"{HOSTILE}-agent", f"{HOSTILE}-impacted"
+    return Report(
+        since=at(0), until=at(120), source=f"{HOSTILE}.duckdb", slo=0.995, agents_observed=2, availability=0.5,
+        below_slo=1, outages=1, open_outages=0, downtime_s=60.0, mttr_s=60.0, mtbf_s=None,
+        top_agents=(AgentFigures(agent, 1, 1, 60.0, 120.0, 60.0, None),),
+        incidents=(Incident(agent, at(10), at(11), 60.0, (agent, other)),), incident_count=3,
+        cost_usd=1.0, top_spenders=(Spender(agent, 1.0, 10, 5, 3),), top_models=(ModelCost(f"{HOSTILE}-model", 1.0),),
+        timeline=({"agent": agent, "state": "unreachable", "started_at": at(10), "ended_at": at(11),
+                   "duration_s": 60.0},),
+    )  # fmt: skip
+
+
+def test_the_html_report_shows_every_string_as_text() -> None:
+    page = format_html(hostile_report())
+    parsed = ParsedHtml(page)
+    assert "img" not in parsed.tags and "a" not in parsed.tags
+    assert "<script>window" not in page  # the chart's own scripts only (its JSON carries the strings escaped)
+    for shown in (f"from {HOSTILE}.duckdb", f"{HOSTILE}-agent", f"{HOSTILE}-impacted", f"{HOSTILE}-model $1.0000"):
+        assert shown in parsed.text
 
 
 @pytest.mark.parametrize(

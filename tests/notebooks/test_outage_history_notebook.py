@@ -15,28 +15,33 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import nbformat
+import paho.mqtt.client as paho
 import pytest
 from nbclient import NotebookClient
+from paho.mqtt.enums import CallbackAPIVersion
 
 from monitor.api import ApiServer
 from monitor.health import ThresholdPolicy, Thresholds
 from monitor.service import Monitor, MonitorConfig
 from tests.conftest import ROOT, BrokerProcess
 from tests.e2e.test_monitor import eventually, state_of
+from tests.hostile import heartbeat, hostile
+from tests.parsed_html import ParsedHtml
 
 NOTEBOOK = ROOT / "notebooks" / "outage_history.ipynb"
 Spawn = Callable[..., subprocess.Popen[bytes]]
 TOLERANCE_S = 0.75  # an outage starts when the will is handled and ends at the birth; the test polls at 50 ms
 
 
-def run_notebook(tmp_path: Path, name: str, **settings: str) -> dict[str, Any]:
-    """Execute the notebook with FLEETPULSE_* `settings` in its environment; the summary it wrote."""
+def executed_notebook(tmp_path: Path, name: str, **settings: str) -> tuple[Any, dict[str, Any]]:
+    """Execute the notebook with FLEETPULSE_* `settings` in its environment; it with its outputs, and the summary."""
     summary = tmp_path / f"{name}.json"
     environment = {**os.environ, **{f"FLEETPULSE_{k.upper()}": v for k, v in settings.items()}}
     environment["FLEETPULSE_SUMMARY"] = str(summary)
@@ -45,7 +50,12 @@ def run_notebook(tmp_path: Path, name: str, **settings: str) -> dict[str, Any]:
         env=environment
     )
     result: dict[str, Any] = json.loads(summary.read_text())
-    return result
+    return notebook, result
+
+
+def run_notebook(tmp_path: Path, name: str, **settings: str) -> dict[str, Any]:
+    """Execute the notebook with FLEETPULSE_* `settings` in its environment; the summary it wrote."""
+    return executed_notebook(tmp_path, name, **settings)[1]
 
 
 NEEDS = {"refunds": "orders"}  # refunds depends_on orders: their overlapping outages make one incident
@@ -170,3 +180,43 @@ def test_the_notebook_shows_the_crashes_a_real_fleet_went_through(
         assert by_file["duration_s"] == by_api["duration_s"]
         file_start, api_start = (datetime.fromisoformat(o["started_at"]) for o in (by_file, by_api))
         assert abs(file_start - api_start) < timedelta(milliseconds=1)
+
+
+@pytest.mark.timeout(120)
+def test_the_notebook_shows_an_agents_strings_as_text(amqtt_broker: BrokerProcess, tmp_path: Path) -> None:
+    """A heartbeat whose reason, name, host, labels and model names carry HTML: no table or chart makes markup
+    of them, and the reason reads as text in "what was down at ..."."""
+    db = tmp_path / "fleet.duckdb"
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    monitor = Monitor(MonitorConfig(broker=amqtt_broker.url, db_path=db, tick_interval_s=0.1)).start()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"xss-{uuid.uuid4().hex[:6]}")
+    client.connect("127.0.0.1", amqtt_broker.port, keepalive=30)
+    client.loop_start()
+    try:
+        eventually(lambda: monitor.connected)
+        session, topic = uuid.uuid4().hex, "agents/xss-n/health"
+        client.publish(topic, heartbeat("xss-n", session, 0), qos=1, retain=True).wait_for_publish(10)
+        eventually(lambda: state_of(monitor, "xss-n") == "healthy")
+        degraded = heartbeat("xss-n", session, 1, status="degraded", reason=hostile("R"))
+        client.publish(topic, degraded, qos=1, retain=True).wait_for_publish(10)
+        eventually(lambda: state_of(monitor, "xss-n") == "degraded")
+        time.sleep(0.5)
+        down_at = datetime.now(UTC)
+        time.sleep(0.5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        monitor.stop()
+    notebook, summary = executed_notebook(
+        tmp_path, "hostile", db=str(db), since=started.isoformat(), down_at=down_at.isoformat()
+    )
+
+    assert summary["down_at"]["agents"] == {"xss-n": "degraded"} and summary["cost_usd"] == {"xss-n": 0.5}
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    shown = [output.get("data", {}).get("text/html", "") for output in outputs]
+    assert not any(output.get("data", {}).get("text/markdown") for output in outputs)
+    parsed = ParsedHtml("".join(shown))
+    assert "img" not in parsed.tags and "a" not in parsed.tags
+    assert sum("<script>window" in html for html in shown) == 0
+    # The table of what was down at DOWN_AT, as text (pandas cuts cells at 50 characters).
+    assert 'reported: <img src=x onerror="window' in parsed.text

@@ -1,0 +1,22 @@
+"""Strings from agents (or people) as literal text inside the dashboard's Markdown and HTML panes."""
+
+from __future__ import annotations
+
+import string
+
+__all__ = ["literal"]
+
+# Every ASCII punctuation character becomes a numeric character reference. In HTML that is the escaping
+# html.escape does, and more; in Markdown (CommonMark, markdown-it) a character reference is always text,
+# never structure: no emphasis, link, image, heading, table cell, math (`$`), emoji (`:x:`) or raw HTML can
+# be spelled with it. Line breaks and other control characters become spaces, so that a value can neither
+# end the paragraph it sits in nor start a block (an indented code block, a list, a table row).
+# Not for code spans or code blocks: Markdown leaves references there undecoded (the value would show as
+# `&#60;`); literal text goes into `<code>` elements instead.
+_LITERAL = {ord(char): f"&#{ord(char)};" for char in string.punctuation}
+_LITERAL.update({code: " " for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))})
+
+
+def literal(value: object) -> str:
+    """`value` as text that Markdown and HTML show exactly as it is (and, in an attribute, as its value)."""
+    return str(value).translate(_LITERAL)
