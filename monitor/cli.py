@@ -20,13 +20,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+from monitor.markup import printable
 from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
 from publisher.protocol import Command, ControlCommand, validate_id
 
@@ -1063,7 +1064,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminalText:
+    """A text stream that passes everything through `printable`: whatever the CLI prints or logs (an agent's
+    name, reason, host, a model name...) is shown, never obeyed, by the terminal."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return int(self._stream.write(printable(text)))
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding, buffer...
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _terminal_text() -> Iterator[None]:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _TerminalText(sys.stdout), _TerminalText(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _terminal_text():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

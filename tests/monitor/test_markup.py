@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.markup import literal
+from monitor.markup import literal, printable
 from tests.parsed_html import ParsedHtml
 
 
@@ -80,3 +80,23 @@ def test_any_text_reads_back_unchanged_from_markdown(value: str) -> None:
     parsed = ParsedHtml(rendered_markdown(f"x {literal(value)} x"))
     assert set(parsed.tags) <= {"p"}
     assert parsed.text.strip() == f"x {_spaced(value)} x"
+
+
+TERMINAL = [
+    ("window title (OSC 0)", "\x1b]0;pwned\x07", "\ufffd]0;pwned\ufffd"),
+    ("clipboard (OSC 52)", "\x1b]52;c;cm0gLXJmIH4=\x1b\\", "\ufffd]52;c;cm0gLXJmIH4=\ufffd\\"),
+    ("clear screen", "\x1b[2J\x1b[H", "\ufffd[2J\ufffd[H"),
+    ("carriage return overwrite", "ok\rFAILED", "ok\ufffdFAILED"),
+    ("backspaces", "unreachable\b\b\b\b\b\b\b\b\b\b\bhealthy", "unreachable" + "\ufffd" * 11 + "healthy"),
+    ("C1 CSI", "\x9b2J", "\ufffd2J"),
+    ("delete", "a\x7fb", "a\ufffdb"),
+    ("bidi override", "evil\u202efdp.exe", "evil\ufffdfdp.exe"),
+    ("bidi isolate", "\u2066x\u2069", "\ufffdx\ufffd"),
+    ("line feed and tab stay", "a\tb\nc", "a\tb\nc"),
+    ("unicode text stays", "Grüße 注文 🙂 عربى", "Grüße 注文 🙂 عربى"),
+]
+
+
+@pytest.mark.parametrize(("value", "shown"), [t[1:] for t in TERMINAL], ids=[t[0] for t in TERMINAL])
+def test_a_terminal_is_shown_control_characters_never_given_them(value: str, shown: str) -> None:
+    assert printable(value) == shown
