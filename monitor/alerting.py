@@ -84,6 +84,11 @@ class Alerting:
         monitor_id: str,
         backoff_s: Sequence[float] = (1, 2, 5, 15, 60, 300),
     ) -> None:
+        if settings.notify and notify:
+            # The rules file's default channels and --notify / FLEETPULSE_NOTIFY are one list: an incident
+            # whose rule names no channels goes to all of them (without --notify, `notify = []` in the file
+            # already means "the configured channels", and without the file, --notify alone is that).
+            settings = replace(settings, notify=tuple(dict.fromkeys([*settings.notify, *notify])))
         self.settings = settings
         self.channels = build_channels([*settings.notify, *notify])
         self._policy = AlertPolicy(settings, monitor_id)

@@ -268,3 +268,19 @@ def test_a_channel_url_nobody_understands_fails_at_startup(amqtt_broker: BrokerP
     with pytest.raises(ValueError, match="not a URL apprise understands"):
         Monitor(MonitorConfig(broker=amqtt_broker.url, db_path=tmp_path / "x.duckdb", notify=("nonsense://",)))
     assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_the_rules_files_channels_and_notify_both_get_a_page(
+    amqtt_broker: BrokerProcess, monitor_factory: MonitorFactory, spawn: Spawn, receiver: Receiver
+) -> None:
+    """`[defaults] notify` in the rules file adds to --notify (as the README says), it does not replace it."""
+    from_file = Receiver().start()
+    try:
+        settings = AlertSettings(notify=(from_file.url,))
+        monitor = monitor_factory(amqtt_broker, notify=(receiver.url,), alerts=settings, alert_backoff_s=FAST_RETRIES)
+        process = start_agent(spawn, amqtt_broker, monitor, "both-channels")
+        os.kill(process.pid, signal.SIGKILL)
+        await_events(receiver, [("trigger", "both-channels")])
+        await_events(from_file, [("trigger", "both-channels")])
+    finally:
+        from_file.stop()
