@@ -543,23 +543,31 @@ class AlertPolicy:
         """The monitor lost its broker: one critical trigger for the monitor itself, however often it is told."""
         if self._lost is not None:
             return []
+        self._lost, sent = self._open_monitor_incident(
+            self._new_id(self._monitor_agent, now), "lost", _BROKER_RULE, reason, now
+        )
+        return sent
+
+    def _open_monitor_incident(
+        self, incident_id: str, state: str, rule: str, reason: str, now: datetime
+    ) -> tuple[_Incident, list[Notification]]:
+        """A critical incident of the monitor itself, and its trigger unless silenced."""
         incident = _Incident(
-            incident_id=self._new_id(self._monitor_agent, now),
+            incident_id=incident_id,
             agent=self._monitor_agent,
-            state="lost",
+            state=state,
             severity=Severity.CRITICAL,
-            rule=_BROKER_RULE,
+            rule=rule,
             opened_at=now,
             notified=False,
             reason=reason,
             channels=self._settings.notify,
         )
-        self._lost = incident
         # A silence over "monitor:*" (or "*") is an operator's wish for quiet during broker maintenance.
         if self._silenced(self._monitor_agent, None, now):
-            return []
+            return incident, []
         incident.notified = True
-        return [self._send(incident, Event.TRIGGER, now, reason)]
+        return incident, [self._send(incident, Event.TRIGGER, now, reason)]
 
     def broker_back(self, now: datetime) -> list[Notification]:
         """The monitor hears its broker again (call it on every connect: it sends only if it was lost)."""
@@ -577,22 +585,9 @@ class AlertPolicy:
             f"agent cap reached ({known} known, cap {cap}): messages from new agent ids are refused and "
             "counted; forget agents (fleetpulse forget) or raise --max-agents"
         )
-        incident = _Incident(
-            incident_id=f"{self._monitor_agent}/{_CAP_RULE}/{_compact_utc(now)}",
-            agent=self._monitor_agent,
-            state="capped",
-            severity=Severity.CRITICAL,
-            rule=_CAP_RULE,
-            opened_at=now,
-            notified=False,
-            reason=reason,
-            channels=self._settings.notify,
-        )
-        self._cap = incident
-        if self._silenced(self._monitor_agent, None, now):
-            return []
-        incident.notified = True
-        return [self._send(incident, Event.TRIGGER, now, reason)]
+        incident_id = f"{self._monitor_agent}/{_CAP_RULE}/{_compact_utc(now)}"
+        self._cap, sent = self._open_monitor_incident(incident_id, "capped", _CAP_RULE, reason, now)
+        return sent
 
     def agent_cap_cleared(self, now: datetime, known: int, cap: int) -> list[Notification]:
         """Known agents are under the cap again (after a forget): the cap alert's resolve, if it was sent."""
