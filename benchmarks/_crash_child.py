@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from publisher import Agent
+from fleetpulse.publisher import Agent
 
 INTERVAL_S = 1.0
 KEEPALIVE_S = 5

@@ -31,8 +31,8 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from benchmarks._ingest_publisher import INTERVAL_S, heartbeat_template
-from publisher.mqtt import make_client, parse_broker_url
-from publisher.wire import PROTOCOL_VERSION, format_timestamp, health_topic
+from fleetpulse.publisher.mqtt import make_client, parse_broker_url
+from fleetpulse.publisher.wire import PROTOCOL_VERSION, format_timestamp, health_topic
 
 WINDOW = 500  # QoS 1 publishes in flight over all connections while the births go out
 ACK_TIMEOUT_S = 60.0

@@ -53,8 +53,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from benchmarks._child import EventChild
-from publisher.mqtt import parse_broker_url
-from publisher.wire import PROTOCOL_VERSION, format_timestamp, health_topic
+from fleetpulse.publisher.mqtt import parse_broker_url
+from fleetpulse.publisher.wire import PROTOCOL_VERSION, format_timestamp, health_topic
 
 __all__ = [
     "FdLimitError",
@@ -189,7 +189,7 @@ def check_payloads(interval_s: float = 30.0) -> int:
 
     Raises ProtocolError if the monitor would reject any of them (imports pydantic: call it in the parent).
     """
-    from publisher.protocol import parse_health
+    from fleetpulse.publisher.protocol import parse_health
 
     agent, session, pid = agent_id("check", 0), secrets.token_hex(8), os.getpid()
     sent_at = format_timestamp(datetime.now(UTC))

@@ -24,8 +24,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from publisher.mqtt import make_client, parse_broker_url
-from publisher.wire import PROTOCOL_VERSION, format_timestamp, health_topic
+from fleetpulse.publisher.mqtt import make_client, parse_broker_url
+from fleetpulse.publisher.wire import PROTOCOL_VERSION, format_timestamp, health_topic
 
 WINDOW = 1_000  # QoS 1 publishes in flight per connection: enough to keep a local broker busy
 ACK_TIMEOUT_S = 60.0

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from benchmarks._child import EventChild
-from monitor.health import State
+from fleetpulse.monitor.health import State
 
 if TYPE_CHECKING:
-    from monitor.service import Monitor
+    from fleetpulse.monitor.service import Monitor
 
 __all__ = ["MonitorProcess"]
 
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> None:
     options = json.loads(argv[0])
     # Imported here, not at the top: the monitor's MQTT reader process imports this module again as its
     # __main__ (multiprocessing's spawn), and should cost what it costs under `fleetpulse monitor`.
-    from monitor.service import Monitor, MonitorConfig
+    from fleetpulse.monitor.service import Monitor, MonitorConfig
 
     config = MonitorConfig(
         broker=options["broker"],

@@ -61,7 +61,7 @@ def run_baseline(seconds: float) -> None:
 
 
 def run_fleetpulse(seconds: float, broker_url: str) -> None:
-    from publisher import Agent  # imported here so the baseline never pays for it
+    from fleetpulse.publisher import Agent  # imported here so the baseline never pays for it
 
     agent = Agent(AGENT_ID, broker=broker_url, interval_s=1, keepalive_s=10)
     if not agent.start(wait_s=10):

@@ -51,7 +51,7 @@ from benchmarks.detection import (
     wait_healthy,
 )
 from benchmarks.sdk_overhead import Target, cpu_model, machine_description
-from monitor.service import Monitor, MonitorConfig
+from fleetpulse.monitor.service import Monitor, MonitorConfig
 
 ALERT_TIMEOUT_S = 10.0  # a kill without its trigger webhook by then counts as unalerted
 COMMITTED_GRACE_S = 2.0  # the listener may run just after the webhook arrived: wait this long for it

@@ -27,12 +27,12 @@ import pydantic_core
 
 from benchmarks._ingest_publisher import heartbeat_template
 from benchmarks.sdk_overhead import machine_description
-from monitor.health import Thresholds, apply_message, next_check_at
-from monitor.service import Monitor, MonitorConfig
-from monitor.store import Store, WriteBatch
-from monitor.subscriber import Received
-from monitor.usage import UsageBook
-from publisher.protocol import HealthMessage, format_timestamp, health_topic, parse_health
+from fleetpulse.monitor.health import Thresholds, apply_message, next_check_at
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.monitor.store import Store, WriteBatch
+from fleetpulse.monitor.subscriber import Received
+from fleetpulse.monitor.usage import UsageBook
+from fleetpulse.publisher.protocol import HealthMessage, format_timestamp, health_topic, parse_health
 
 
 def _events(agents: int, rounds: int) -> list[Received]:

@@ -57,15 +57,15 @@ import psutil
 from benchmarks._child import EventChild
 from benchmarks._ingest_publisher import INTERVAL_S
 from benchmarks.sdk_overhead import cpu_model
-from broker.embedded import EmbeddedBroker
-from broker.mosquitto import MosquittoProcess
-from broker.netutil import free_port
-from monitor import history
-from monitor.api import ApiServer
-from monitor.dashboard import REFRESH_MS, fleet_frame
-from monitor.fleet import headline
-from monitor.health import Transition
-from monitor.service import Monitor, MonitorConfig
+from fleetpulse.broker.embedded import EmbeddedBroker
+from fleetpulse.broker.mosquitto import MosquittoProcess
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor import history
+from fleetpulse.monitor.api import ApiServer
+from fleetpulse.monitor.dashboard import REFRESH_MS, fleet_frame
+from fleetpulse.monitor.fleet import headline
+from fleetpulse.monitor.health import Transition
+from fleetpulse.monitor.service import Monitor, MonitorConfig
 
 PUBLISHER_MODULE = "benchmarks._dashboard_publisher"
 # The same Chromium flags as tests/browser/test_dashboard.py.

@@ -37,12 +37,12 @@ import paho.mqtt.client as paho
 
 from benchmarks._crash_child import INTERVAL_S, KEEPALIVE_S
 from benchmarks.sdk_overhead import Target, machine_description
-from broker import EmbeddedBroker
-from broker.mosquitto import MosquittoProcess
-from monitor.health import State, Transition
-from monitor.service import Monitor, MonitorConfig
-from publisher.mqtt import make_client, parse_broker_url
-from publisher.protocol import HEALTH_TOPIC_FILTER
+from fleetpulse.broker import EmbeddedBroker
+from fleetpulse.broker.mosquitto import MosquittoProcess
+from fleetpulse.monitor.health import State, Transition
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.publisher.mqtt import make_client, parse_broker_url
+from fleetpulse.publisher.protocol import HEALTH_TOPIC_FILTER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHILD_MODULE = "benchmarks._crash_child"

@@ -43,7 +43,7 @@ from benchmarks.detection import (
     watched_monitor,
 )
 from benchmarks.sdk_overhead import machine_description
-from broker.embedded import KEEPALIVE_GRACE_FACTOR
+from fleetpulse.broker.embedded import KEEPALIVE_GRACE_FACTOR
 
 INTERVAL_S = 5.0  # fleetpulse agents here: heartbeats, far slower than the will
 KEEPALIVE_S = 2  # the SPEC §2 measurements were made at 2 s

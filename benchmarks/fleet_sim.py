@@ -3,7 +3,7 @@
 Run from the repository root: `python -m benchmarks.fleet_sim --agents N [--interval-s S] [--broker URL]
 [--processes P] [--keepalive-s K] [--seconds T] [--kill ID@T] [--freeze ID@T]`. Without `--broker` it starts its
 own Mosquitto on a free port (with `max_queued_messages 0` and `max_inflight_messages 0`, as the benchmarks do)
-and prints its URL, so a monitor can be pointed at it: `python -m monitor.cli monitor --broker URL ...`.
+and prints its URL, so a monitor can be pointed at it: `python -m fleetpulse.monitor.cli monitor --broker URL ...`.
 
 The agents (`benchmarks._fleet`: one asyncio loop per worker process, a minimal MQTT 3.1.1 client per agent)
 speak protocol v1 like `publisher.Agent`. `--kill sim-000042@30` closes that agent's socket without DISCONNECT
@@ -29,7 +29,7 @@ from typing import Any
 
 from benchmarks._fleet import FdLimitError, Fleet, FleetStats, check_payloads, raise_fd_limit
 from benchmarks.sdk_overhead import machine_description
-from broker.mosquitto import MosquittoProcess
+from fleetpulse.broker.mosquitto import MosquittoProcess
 
 MOSQUITTO_LIMITS = ("max_queued_messages 0", "max_inflight_messages 0")
 REPORT_EVERY_S = 5.0

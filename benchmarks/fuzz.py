@@ -46,11 +46,11 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import EmbeddedBroker
-from monitor.api import to_json
-from monitor.service import MAX_CLOCK_SKEW_S, Monitor, MonitorConfig
-from publisher import Agent
-from publisher.protocol import (
+from fleetpulse.broker import EmbeddedBroker
+from fleetpulse.monitor.api import to_json
+from fleetpulse.monitor.service import MAX_CLOCK_SKEW_S, Monitor, MonitorConfig
+from fleetpulse.publisher import Agent
+from fleetpulse.publisher.protocol import (
     MAX_PAYLOAD_BYTES,
     Command,
     ControlCommand,

@@ -48,9 +48,9 @@ from typing import Any
 import duckdb
 
 from benchmarks.sdk_overhead import Target, machine_description
-from monitor.retention import MINUTE_RETENTION_S, RAW_RETENTION_S, RollUp
-from monitor.schema import migrate
-from monitor.store import Store
+from fleetpulse.monitor.retention import MINUTE_RETENTION_S, RAW_RETENTION_S, RollUp
+from fleetpulse.monitor.schema import migrate
+from fleetpulse.monitor.store import Store
 
 TARGET_QUERY_MS = 1000.0  # "well under a second" (issue 6)
 SLOW_QUERY_MS = 5000.0  # a query this slow is timed once

@@ -53,10 +53,10 @@ import pandas as pd
 from benchmarks._child import EventChild
 from benchmarks._ingest_publisher import INTERVAL_S, WINDOW, heartbeat_template
 from benchmarks.sdk_overhead import Target, machine_description
-from broker.mosquitto import MosquittoProcess
-from monitor.service import Monitor, MonitorConfig
-from publisher.mqtt import make_client, parse_broker_url
-from publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, health_topic
+from fleetpulse.broker.mosquitto import MosquittoProcess
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.publisher.mqtt import make_client, parse_broker_url
+from fleetpulse.publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, health_topic
 
 PUBLISHER_MODULE = "benchmarks._ingest_publisher"
 MOSQUITTO_LIMITS = ("max_queued_messages 0", "max_inflight_messages 0")  # unlimited: never drop, never throttle

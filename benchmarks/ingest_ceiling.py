@@ -39,8 +39,8 @@ from pathlib import Path
 from benchmarks._fleet import HeartbeatTemplate, agent_id, metrics_variants
 from benchmarks.ingest import MOSQUITTO_LIMITS, add_mqtt_reader_option, measure_monitor_live, measure_raw
 from benchmarks.sdk_overhead import machine_description
-from broker.mosquitto import MosquittoProcess
-from publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, health_topic
+from fleetpulse.broker.mosquitto import MosquittoProcess
+from fleetpulse.publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, health_topic
 
 SUBSCRIBED_TIMEOUT_S = 10.0
 RECEIVE_TIMEOUT_S = 120.0

@@ -47,7 +47,7 @@ from benchmarks._fleet import FdLimitError, Fleet, FleetStats, check_payloads, r
 from benchmarks._fleet_figures import MOSQUITTO_LIMITS, StoredCheck, check_stored
 from benchmarks._monitor_child import MonitorProcess
 from benchmarks.sdk_overhead import machine_description
-from broker.mosquitto import MosquittoProcess
+from fleetpulse.broker.mosquitto import MosquittoProcess
 from tests.http_receiver import Receiver
 
 SETTLE_S = 5.0  # at most this long after every agent is healthy, before the restart: rows are committed

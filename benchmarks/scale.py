@@ -67,12 +67,12 @@ from benchmarks._fleet import (
 from benchmarks._fleet_figures import MOSQUITTO_LIMITS, ProcessUsage, ResourceSampler, StoredCheck, check_stored, mib
 from benchmarks._monitor_child import MonitorProcess
 from benchmarks.sdk_overhead import machine_description
-from broker.mosquitto import MosquittoProcess
-from monitor.health import tick
-from monitor.service import Monitor, MonitorConfig
-from monitor.store import Store, WriteBatch
-from monitor.subscriber import Received
-from publisher.protocol import format_timestamp, health_topic
+from fleetpulse.broker.mosquitto import MosquittoProcess
+from fleetpulse.monitor.health import tick
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.monitor.store import Store, WriteBatch
+from fleetpulse.monitor.subscriber import Received
+from fleetpulse.publisher.protocol import format_timestamp, health_topic
 
 HARNESS_INTERVALS = 6  # simulated time of the tick harness, in heartbeat intervals
 SILENT_EVERY = 100  # every 100th agent of the harness falls silent after one interval

@@ -26,10 +26,10 @@ import psutil
 
 from benchmarks._child import EventChild
 from benchmarks._overhead_child import AGENT_ID
-from broker import EmbeddedBroker
-from publisher import Agent, ProtocolError
-from publisher.mqtt import make_client, parse_broker_url
-from publisher.protocol import HealthMessage, Kind, health_topic, parse_health
+from fleetpulse.broker import EmbeddedBroker
+from fleetpulse.publisher import Agent, ProtocolError
+from fleetpulse.publisher.mqtt import make_client, parse_broker_url
+from fleetpulse.publisher.protocol import HealthMessage, Kind, health_topic, parse_health
 
 CHILD_MODULE = "benchmarks._overhead_child"
 THROUGHPUT_S = 2.0

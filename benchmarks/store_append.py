@@ -35,9 +35,9 @@ import pyarrow as pa  # type: ignore[import-untyped]
 
 from benchmarks._ingest_publisher import agent_id, heartbeat_template
 from benchmarks.sdk_overhead import machine_description
-from monitor.store import Store, WriteBatch
-from publisher.protocol import HealthMessage, health_topic, parse_health
-from publisher.wire import format_timestamp
+from fleetpulse.monitor.store import Store, WriteBatch
+from fleetpulse.publisher.protocol import HealthMessage, health_topic, parse_health
+from fleetpulse.publisher.wire import format_timestamp
 
 WARMUP_ROWS = 100
 ADD_MESSAGE_CALLS = 5_000

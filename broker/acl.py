@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from broker.credentials import Role, User
+from fleetpulse.broker.credentials import Role, User
 
 __all__ = ["may_publish", "may_receive", "may_subscribe", "mosquitto_acl"]
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from publisher.wire import is_valid_id, validate_id
+from fleetpulse.publisher.errors import FleetpulseError
+from fleetpulse.publisher.wire import is_valid_id, validate_id
 
 __all__ = [
     "CredentialsError",
@@ -35,7 +36,7 @@ PBKDF2_ITERATIONS = 101
 _SALT_BYTES = 12
 
 
-class CredentialsError(ValueError):
+class CredentialsError(FleetpulseError, ValueError):
     """A password file or roles file that cannot be used, or a request it cannot satisfy; says which line."""
 
 

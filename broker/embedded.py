@@ -23,9 +23,9 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OUTGOING
 from amqtt.utils import gen_client_id
 
-from broker.acl import may_publish, may_receive, may_subscribe
-from broker.credentials import CredentialsError, PasswordFile, Role, User, roles_path
-from broker.netutil import LoopThread, PortInUseError, ensure_port_free, free_port
+from fleetpulse.broker.acl import may_publish, may_receive, may_subscribe
+from fleetpulse.broker.credentials import CredentialsError, PasswordFile, Role, User, roles_path
+from fleetpulse.broker.netutil import LoopThread, PortInUseError, ensure_port_free, free_port
 
 __all__ = [  # PortInUseError: from broker.netutil
     "EmbeddedBroker",

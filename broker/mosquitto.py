@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from broker.acl import mosquitto_acl
-from broker.credentials import PasswordFile
-from broker.embedded import MAX_MESSAGE_BYTES, TlsFiles
-from broker.netutil import free_port, wait_for_port
+from fleetpulse.broker.acl import mosquitto_acl
+from fleetpulse.broker.credentials import PasswordFile
+from fleetpulse.broker.embedded import MAX_MESSAGE_BYTES, TlsFiles
+from fleetpulse.broker.netutil import free_port, wait_for_port
 
 __all__ = [
     "MONITOR_QUEUE_CONFIG",

@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from fleetpulse.publisher.errors import FleetpulseError
+
 __all__ = ["LoopThread", "PortInUseError", "ensure_port_free", "free_port", "wait_for_port"]
 
 T = TypeVar("T")
 
 
-class PortInUseError(OSError):
+class PortInUseError(FleetpulseError, OSError):
     """A port is taken; the message names the port and the fix."""
 
 

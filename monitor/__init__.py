@@ -1,5 +1,5 @@
 """fleetpulse monitor: health state machine, history, alerting, dashboard and the `fleetpulse` CLI."""
 
-from monitor.client import MonitorClient
+from fleetpulse.monitor.client import MonitorClient
 
 __all__ = ["MonitorClient"]

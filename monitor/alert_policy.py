@@ -13,8 +13,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from monitor.health import AgentView, State, Transition
-from monitor.notification import Event, Notification, Severity
+from fleetpulse.monitor.health import AgentView, State, Transition
+from fleetpulse.monitor.notification import Event, Notification, Severity
 
 __all__ = [
     "DEFAULT_RULES",

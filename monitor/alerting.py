@@ -16,13 +16,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from monitor.alert_policy import AlertPolicy, AlertSettings, CostBreach, CostUsage, OpenIncident, Silence
-from monitor.alerts import DeliveryRecord, Dispatcher
-from monitor.channels import Channel, channel_for, redact_url
-from monitor.health import AgentView
-from monitor.notification import Notification
-from monitor.store import Store
-from monitor.usage import AgentUsage
+from fleetpulse.monitor.alert_policy import AlertPolicy, AlertSettings, CostBreach, CostUsage, OpenIncident, Silence
+from fleetpulse.monitor.alerts import DeliveryRecord, Dispatcher
+from fleetpulse.monitor.channels import Channel, channel_for, redact_url
+from fleetpulse.monitor.health import AgentView
+from fleetpulse.monitor.notification import Notification
+from fleetpulse.monitor.store import Store
+from fleetpulse.monitor.usage import AgentUsage
 
 __all__ = ["Alerting", "build_channels", "new_silence"]
 

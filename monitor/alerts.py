@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from monitor.channels import Channel, DeliveryError, channel_for, redact_url
-from monitor.notification import Notification
-from publisher.protocol import format_timestamp
+from fleetpulse.monitor.channels import Channel, DeliveryError, channel_for, redact_url
+from fleetpulse.monitor.notification import Notification
+from fleetpulse.publisher.protocol import format_timestamp
 
 __all__ = ["DeliveryRecord", "Dispatcher"]
 

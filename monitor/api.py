@@ -30,8 +30,8 @@ from panel.io.server import ComponentResourceHandler, get_server
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.ioloop import IOLoop
 
-from broker.netutil import LoopThread, ensure_port_free, free_port
-from monitor.access import (
+from fleetpulse.broker.netutil import LoopThread, ensure_port_free, free_port
+from fleetpulse.monitor.access import (
     UNSAFE_METHODS,
     ApiAuth,
     Credential,
@@ -40,13 +40,19 @@ from monitor.access import (
     cross_site_refusal,
     host_allowed,
 )
-from monitor.alert_policy import parse_duration
-from monitor.dashboard import DashboardAccess, dashboard_page
-from monitor.fleet import sort_for_people, summary
-from monitor.metrics import render_metrics
-from monitor.service import Monitor, NothingToForget, check_forget_pattern
-from monitor.store import PEOPLE_QUERIES_RUNNING, PEOPLE_QUERIES_WAITING, QueryBusy, QueryTimeout, ReadOnlyViolation
-from publisher.protocol import Command, ControlCommand, format_timestamp
+from fleetpulse.monitor.alert_policy import parse_duration
+from fleetpulse.monitor.dashboard import DashboardAccess, dashboard_page
+from fleetpulse.monitor.fleet import sort_for_people, summary
+from fleetpulse.monitor.metrics import render_metrics
+from fleetpulse.monitor.service import Monitor, NothingToForget, check_forget_pattern
+from fleetpulse.monitor.store import (
+    PEOPLE_QUERIES_RUNNING,
+    PEOPLE_QUERIES_WAITING,
+    QueryBusy,
+    QueryTimeout,
+    ReadOnlyViolation,
+)
+from fleetpulse.publisher.protocol import Command, ControlCommand, format_timestamp
 
 __all__ = ["ApiAuth", "ApiServer", "check_exposure", "parse_since", "to_json"]
 

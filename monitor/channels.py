@@ -16,8 +16,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import apprise
 
-from monitor.notification import Event, Notification, Severity
-from publisher.protocol import format_timestamp
+from fleetpulse.monitor.notification import Event, Notification, Severity
+from fleetpulse.publisher.errors import FleetpulseError
+from fleetpulse.publisher.protocol import format_timestamp
 
 __all__ = ["AppriseChannel", "Channel", "DeliveryError", "WebhookChannel", "channel_for", "redact_url"]
 
@@ -31,7 +32,7 @@ _MIXED_MIN_CHARS = 8
 _EMAIL = re.compile(r"[^@:/\s]+@[^@:/\s]+\.[^@:/\s]+")
 
 
-class DeliveryError(Exception):
+class DeliveryError(FleetpulseError):
     """A notification did not reach its channel; the message says why for a human (and never holds a secret)."""
 
 

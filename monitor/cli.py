@@ -27,9 +27,11 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.markup import printable
-from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
-from publisher.protocol import Command, ControlCommand, validate_id
+from fleetpulse.monitor.client import MonitorError
+from fleetpulse.monitor.markup import printable
+from fleetpulse.publisher.errors import FleetpulseError
+from fleetpulse.publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
+from fleetpulse.publisher.protocol import Command, ControlCommand, validate_id
 
 __all__ = ["main"]
 
@@ -38,7 +40,7 @@ DEFAULT_DB = "fleetpulse.duckdb"
 DEFAULT_HTTP_PORT = 8080
 
 
-class CliError(Exception):
+class CliError(FleetpulseError):
     """An operator mistake or an unusable environment: printed as one line, exit status 2."""
 
 
@@ -109,7 +111,7 @@ def _resolve_broker(args: argparse.Namespace) -> None:
 
 def _notify_urls(args: argparse.Namespace) -> tuple[str, ...]:
     """Alert channel URLs: `--notify` (repeatable), `--notify-file` (one a line, # comments), env FLEETPULSE_NOTIFY."""
-    from monitor.channels import redact_url
+    from fleetpulse.monitor.channels import redact_url
 
     urls = list(args.notify)
     for url in urls:
@@ -131,7 +133,7 @@ def _notify_urls(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _tls_files(args: argparse.Namespace) -> Any:
     """--tls-cert/--tls-key/--tls-ca as broker.TlsFiles, or None without them."""
-    from broker.embedded import TlsFiles
+    from fleetpulse.broker.embedded import TlsFiles
 
     if not args.tls_cert and not args.tls_key:
         return None
@@ -145,7 +147,7 @@ def _tls_files(args: argparse.Namespace) -> Any:
 
 def _start_broker(args: argparse.Namespace) -> Any:
     """The embedded broker as --host, --port, --password-file and --tls-* say; says who may connect."""
-    from broker.embedded import EmbeddedBroker, PortInUseError, is_loopback
+    from fleetpulse.broker.embedded import EmbeddedBroker, PortInUseError, is_loopback
 
     host, port = args.host, args.port
     password_file = Path(args.password_file) if args.password_file else None
@@ -171,7 +173,7 @@ def _start_broker(args: argparse.Namespace) -> Any:
 
 
 def _thresholds(args: argparse.Namespace) -> Any:
-    from monitor.health import ThresholdPolicy, Thresholds
+    from fleetpulse.monitor.health import ThresholdPolicy, Thresholds
 
     def build(base: Thresholds, settings: dict[str, float]) -> Thresholds:
         return Thresholds(**{**base.__dict__, **settings})
@@ -216,7 +218,7 @@ def _api_auth(args: argparse.Namespace) -> Any:
 
     Checked before anything starts, so a refusal (bad file, open server beyond loopback) is the only line.
     """
-    from monitor.api import ApiAuth, check_exposure
+    from fleetpulse.monitor.api import ApiAuth, check_exposure
 
     auth = ApiAuth.parse(args.auth) if args.auth else None
     if args.auth_file:
@@ -229,10 +231,10 @@ def _api_auth(args: argparse.Namespace) -> Any:
 
 def _start_monitor(args: argparse.Namespace, broker_url: str) -> tuple[Any, Any]:
     """Monitor plus its HTTP API; CliError (one line) for a held database or a taken port."""
-    from monitor.alert_policy import AlertSettings, load_settings
-    from monitor.api import ApiServer
-    from monitor.service import Monitor, MonitorConfig
-    from monitor.store import StoreLocked
+    from fleetpulse.monitor.alert_policy import AlertSettings, load_settings
+    from fleetpulse.monitor.api import ApiServer
+    from fleetpulse.monitor.service import Monitor, MonitorConfig
+    from fleetpulse.monitor.store import StoreLocked
 
     alerts = load_settings(Path(args.alerts)) if args.alerts else AlertSettings()
     if args.max_pages_per_minute is not None:  # the command line wins over the rules file
@@ -311,7 +313,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from monitor.fleet import headline
+    from fleetpulse.monitor.fleet import headline
 
     args.api_auth = _api_auth(args)
     _private_files()
@@ -329,7 +331,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         broker = _start_broker(args)
         broker_url = broker.url
         if args.password_file:
-            from broker.credentials import Role
+            from fleetpulse.broker.credentials import Role
 
             # This process's monitor and demo agents get credentials valid only while this broker runs.
             broker_url = broker.issue_url(f"up-monitor-{uuid.uuid4().hex[:6]}", Role.MONITOR)
@@ -350,7 +352,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         for n in range(1, args.demo + 1):
             agent_id = f"demo-{n}"
             demo_url = broker.issue_url(agent_id) if broker is not None and args.password_file else broker_url
-            command = [sys.executable, "-m", "monitor.cli", "demo", "--id", agent_id]
+            command = [sys.executable, "-m", "fleetpulse.monitor.cli", "demo", "--id", agent_id]
             command += ["--interval-s", str(args.interval_s), "--keepalive-s", str(args.keepalive_s)]
             if n > 1:  # a small dependency graph to look at: every other demo agent needs demo-1
                 command += ["--depends-on", "demo-1"]
@@ -399,7 +401,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_mosquitto_config(args: argparse.Namespace) -> int:
-    from broker.mosquitto import write_mosquitto_config
+    from fleetpulse.broker.mosquitto import write_mosquitto_config
 
     if not args.password_file:
         raise CliError("--password-file PATH is required: Mosquitto gets the same users (fleetpulse credentials add)")
@@ -413,7 +415,7 @@ def _cmd_mosquitto_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_credentials(args: argparse.Namespace) -> int:
-    from broker.credentials import CredentialsError, PasswordFile, Role, roles_path
+    from fleetpulse.broker.credentials import CredentialsError, PasswordFile, Role, roles_path
 
     path = Path(args.file)
     try:
@@ -450,7 +452,7 @@ def _cmd_credentials(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from monitor.demo import DemoAgent, run_demo
+    from fleetpulse.monitor.demo import DemoAgent, run_demo
 
     parse_broker_url(args.broker)
     ids = [args.id] if args.id else [f"{args.prefix}-{n}" for n in range(1, args.agents + 1)]
@@ -506,8 +508,8 @@ def _unproven(sidecar: dict[str, Any], owner_uid: int, db: Path, client: Any, cr
     `kill -9`, whoever binds the dead monitor's port fails both. Where (1) cannot be checked (no /proc),
     the API is used without credentials only.
     """
-    from monitor.client import MonitorError, MonitorUnavailable
-    from monitor.sidecar import holds_database, process_owner, proof
+    from fleetpulse.monitor.client import MonitorError, MonitorUnavailable
+    from fleetpulse.monitor.sidecar import holds_database, process_owner, proof
 
     pid, nonce = sidecar.get("pid"), sidecar.get("nonce")
     if not isinstance(pid, int) or not isinstance(nonce, str) or not nonce:
@@ -535,8 +537,8 @@ def _unproven(sidecar: dict[str, Any], owner_uid: int, db: Path, client: Any, cr
 
 def _running_monitor(db: Path) -> Any:
     """A client for the monitor holding `db`, if its sidecar names an API proven to be that monitor; else None."""
-    from monitor.client import MonitorClient
-    from monitor.sidecar import read_sidecar, sidecar_path
+    from fleetpulse.monitor.client import MonitorClient
+    from fleetpulse.monitor.sidecar import read_sidecar, sidecar_path
 
     found = read_sidecar(db)
     if found is None:
@@ -559,8 +561,8 @@ def _running_monitor(db: Path) -> Any:
 
 def _history(db: Path) -> Any:
     """Where `outages` and `sql` read from: the running monitor's API, else the file itself."""
-    from monitor.sidecar import sidecar_path
-    from monitor.store import Store, StoreLocked
+    from fleetpulse.monitor.sidecar import sidecar_path
+    from fleetpulse.monitor.store import Store, StoreLocked
 
     client = _running_monitor(db)
     if client is not None:
@@ -581,10 +583,10 @@ def _history(db: Path) -> Any:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from monitor.fleet import agent_record, format_status, sort_for_people, summary
-    from monitor.health import ThresholdPolicy
-    from monitor.snapshot import read_retained_health, views_from_snapshot
-    from monitor.store import Store, StoreLocked
+    from fleetpulse.monitor.fleet import agent_record, format_status, sort_for_people, summary
+    from fleetpulse.monitor.health import ThresholdPolicy
+    from fleetpulse.monitor.snapshot import read_retained_health, views_from_snapshot
+    from fleetpulse.monitor.store import Store, StoreLocked
 
     now = datetime.now(UTC)
     db = Path(args.db)
@@ -618,8 +620,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_outages(args: argparse.Namespace) -> int:
-    from monitor.api import parse_since, to_json
-    from monitor.client import MonitorClient
+    from fleetpulse.monitor.api import parse_since, to_json
+    from fleetpulse.monitor.client import MonitorClient
 
     if args.agent:
         validate_id(args.agent)
@@ -644,9 +646,9 @@ def _cmd_outages(args: argparse.Namespace) -> int:
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
-    from monitor.api import to_json
-    from monitor.client import MonitorClient, MonitorError
-    from monitor.store import QueryBusy, QueryTimeout, ReadOnlyViolation
+    from fleetpulse.monitor.api import to_json
+    from fleetpulse.monitor.client import MonitorClient, MonitorError
+    from fleetpulse.monitor.store import QueryBusy, QueryTimeout, ReadOnlyViolation
 
     history = _history(Path(args.db))
     try:
@@ -678,9 +680,9 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     import duckdb
 
-    from monitor.api import parse_since
-    from monitor.client import MonitorClient
-    from monitor.report import build_report, format_html, format_text, history_sql
+    from fleetpulse.monitor.api import parse_since
+    from fleetpulse.monitor.client import MonitorClient
+    from fleetpulse.monitor.report import build_report, format_html, format_text, history_sql
 
     now = datetime.now(UTC)
     since = parse_since(args.since, now)
@@ -709,7 +711,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_command(args: argparse.Namespace) -> int:
-    from monitor.control import send_command
+    from fleetpulse.monitor.control import send_command
 
     url = parse_broker_url(args.broker)
     target = validate_id(args.target, "group" if args.group else "agent id")
@@ -736,9 +738,9 @@ def _cmd_command(args: argparse.Namespace) -> int:
 
 
 def _cmd_silence(args: argparse.Namespace) -> int:
-    from monitor.alert_policy import parse_duration
-    from monitor.alerting import new_silence
-    from monitor.store import Store, StoreLocked
+    from fleetpulse.monitor.alert_policy import parse_duration
+    from fleetpulse.monitor.alerting import new_silence
+    from fleetpulse.monitor.store import Store, StoreLocked
 
     duration_s = parse_duration(args.duration)
     db = Path(args.db)
@@ -762,8 +764,8 @@ def _cmd_silence(args: argparse.Namespace) -> int:
 
 
 def _cmd_silences(args: argparse.Namespace) -> int:
-    from monitor.api import to_json
-    from monitor.client import MonitorClient
+    from fleetpulse.monitor.api import to_json
+    from fleetpulse.monitor.client import MonitorClient
 
     history = _history(Path(args.db))
     if isinstance(history, MonitorClient):
@@ -785,7 +787,7 @@ def _cmd_silences(args: argparse.Namespace) -> int:
 
 
 def _cmd_unsilence(args: argparse.Namespace) -> int:
-    from monitor.store import Store, StoreLocked
+    from fleetpulse.monitor.store import Store, StoreLocked
 
     db = Path(args.db)
     client = _running_monitor(db)
@@ -1100,11 +1102,11 @@ def _main(argv: Sequence[str] | None) -> int:
         _resolve_broker(args)
         result: int = args.handler(args)
         return result
-    except (CliError, ValueError, ConnectionError) as error:
-        print(f"fleetpulse {args.command}: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:  # MonitorError: the monitor refused (e.g. 401 without FLEETPULSE_AUTH)
+    except MonitorError as error:  # the monitor refused (e.g. 401 without FLEETPULSE_AUTH)
         print(f"fleetpulse {args.command}: the monitor said: {error}", file=sys.stderr)
+        return 2
+    except (FleetpulseError, ValueError, ConnectionError) as error:
+        print(f"fleetpulse {args.command}: {error}", file=sys.stderr)
         return 2
 
 

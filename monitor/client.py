@@ -8,10 +8,12 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from fleetpulse.publisher.errors import FleetpulseError
+
 __all__ = ["MonitorClient", "MonitorError", "MonitorUnavailable"]
 
 
-class MonitorError(RuntimeError):
+class MonitorError(FleetpulseError, RuntimeError):
     """The monitor answered with an error (bad request, refused statement, unknown agent)."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -19,7 +21,7 @@ class MonitorError(RuntimeError):
         self.status = status
 
 
-class MonitorUnavailable(ConnectionError):
+class MonitorUnavailable(FleetpulseError, ConnectionError):
     """Nothing answers at the monitor's URL."""
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from publisher.mqtt import BrokerUrl, connect_and_wait, make_client
-from publisher.protocol import (
+from fleetpulse.publisher.mqtt import BrokerUrl, connect_and_wait, make_client
+from fleetpulse.publisher.protocol import (
     Command,
     ControlCommand,
     HealthMessage,

@@ -24,11 +24,11 @@ from typing import Any
 import pandas as pd
 import panel as pn
 
-from monitor import charts, history
-from monitor.fleet import age_text, headline, sort_for_people
-from monitor.markup import literal
-from monitor.service import Monitor
-from publisher.protocol import Command, ControlCommand
+from fleetpulse.monitor import charts, history
+from fleetpulse.monitor.fleet import age_text, headline, sort_for_people
+from fleetpulse.monitor.markup import literal
+from fleetpulse.monitor.service import Monitor
+from fleetpulse.publisher.protocol import Command, ControlCommand
 
 __all__ = ["DashboardAccess", "dashboard_page", "fleet_frame"]
 

@@ -6,7 +6,7 @@ import logging
 import random
 import threading
 
-from publisher import Agent, ControlCommand
+from fleetpulse.publisher import Agent, ControlCommand
 
 __all__ = ["DemoAgent", "run_demo"]
 

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from monitor.health import AgentView, State
-from publisher.protocol import format_timestamp
+from fleetpulse.monitor.health import AgentView, State
+from fleetpulse.publisher.protocol import format_timestamp
 
 __all__ = ["age_text", "agent_record", "format_status", "headline", "sort_for_people", "summary"]
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from publisher.protocol import HealthMessage, Kind, ReportedStatus
+from fleetpulse.publisher.protocol import HealthMessage, Kind, ReportedStatus
 
 __all__ = [
     "AgentView",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.store import Store
-from monitor.usage import AgentUsage
+from fleetpulse.monitor.store import Store
+from fleetpulse.monitor.usage import AgentUsage
 
 __all__ = [
     "agent_commands",

@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitor.fleet import summary
-from monitor.service import Monitor
+from fleetpulse.monitor.fleet import summary
+from fleetpulse.monitor.service import Monitor
 
 __all__ = ["render_metrics"]
 

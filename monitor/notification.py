@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from publisher.protocol import format_timestamp
+from fleetpulse.publisher.protocol import format_timestamp
 
 __all__ = ["WEBHOOK_VERSION", "Event", "Notification", "Severity"]
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.subscriber import BrokerLost, Event, Received, Subscriber
-from publisher.mqtt import BrokerUrl
+from fleetpulse.monitor.subscriber import BrokerLost, Event, Received, Subscriber
+from fleetpulse.publisher.mqtt import BrokerUrl
 
 __all__ = ["ReaderProcess"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.client import MonitorClient
-from monitor.store import Store
+from fleetpulse.monitor.client import MonitorClient, MonitorError
+from fleetpulse.monitor.store import Store
 
 __all__ = [
     "AgentFigures",
@@ -121,7 +121,7 @@ def history_sql(history: Store | MonitorClient) -> RunSql:
         def over_api(sql: str) -> list[dict[str, Any]]:
             result = client.sql(sql)
             if result.get("truncated"):
-                raise RuntimeError(f"the monitor cut the answer to {len(result['rows'])} rows")
+                raise MonitorError(413, f"the monitor cut the answer to {len(result['rows'])} rows")
             return [dict(zip(result["columns"], row, strict=True)) for row in result["rows"]]
 
         return over_api
@@ -420,7 +420,7 @@ def format_html(report: Report) -> str:
     from bokeh.embed.bundle import bundle_for_objs_and_resources
     from bokeh.resources import INLINE
 
-    from monitor.charts import outage_timeline
+    from fleetpulse.monitor.charts import outage_timeline
 
     chart_resources = chart = ""
     if report.timeline:

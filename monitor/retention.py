@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import duckdb
 
 if TYPE_CHECKING:
-    from monitor.store import Store
+    from fleetpulse.monitor.store import Store
 
 _T = TypeVar("_T")
 

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 import duckdb
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
+from fleetpulse.publisher.errors import FleetpulseError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaTooNew", "migrate"]
 
 # `at` is a reserved word in DuckDB's grammar: the SPEC's column keeps its name, quoted here, and
 # queries write "at" (or t.at). The README says so.
@@ -516,6 +518,10 @@ MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class SchemaTooNew(FleetpulseError, RuntimeError):
+    """The database was written by a newer fleetpulse than this one."""
+
+
 def migrate(connection: duckdb.DuckDBPyConnection) -> int:
     """Apply every migration the database has not seen, each in its own transaction; return the version."""
     connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMPTZ)")
@@ -524,7 +530,7 @@ def migrate(connection: duckdb.DuckDBPyConnection) -> int:
     (row,) = connection.execute("SELECT max(version) FROM schema_version").fetchall()
     current = int(row[0]) if row[0] is not None else 0
     if current > SCHEMA_VERSION:
-        raise RuntimeError(
+        raise SchemaTooNew(
             f"database schema version {current} is newer than this fleetpulse ({SCHEMA_VERSION}): upgrade fleetpulse"
         )
     for version in range(current + 1, SCHEMA_VERSION + 1):

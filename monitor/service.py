@@ -22,10 +22,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.alert_policy import AlertSettings
-from monitor.alerting import Alerting
-from monitor.fleet import agent_record
-from monitor.health import (
+from fleetpulse.monitor.alert_policy import AlertSettings
+from fleetpulse.monitor.alerting import Alerting
+from fleetpulse.monitor.fleet import agent_record
+from fleetpulse.monitor.health import (
     AgentView,
     Outcome,
     ThresholdPolicy,
@@ -37,15 +37,22 @@ from monitor.health import (
     next_check_at,
     tick,
 )
-from monitor.history import usage_today
-from monitor.reader import ReaderProcess
-from monitor.retention import MINUTE_RETENTION_S, RAW_RETENTION_S, RETENTION_EVERY_S, Retention, roll_up_limits
-from monitor.sidecar import new_nonce, proof, sidecar_path, write_private
-from monitor.store import Store, WriteBatch
-from monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Subscriber
-from monitor.usage import AgentUsage, UsageBook
-from publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
-from publisher.protocol import (
+from fleetpulse.monitor.history import usage_today
+from fleetpulse.monitor.reader import ReaderProcess
+from fleetpulse.monitor.retention import (
+    MINUTE_RETENTION_S,
+    RAW_RETENTION_S,
+    RETENTION_EVERY_S,
+    Retention,
+    roll_up_limits,
+)
+from fleetpulse.monitor.sidecar import new_nonce, proof, sidecar_path, write_private
+from fleetpulse.monitor.store import Store, WriteBatch
+from fleetpulse.monitor.subscriber import BrokerConnected, BrokerLost, Event, Received, Subscriber
+from fleetpulse.monitor.usage import AgentUsage, UsageBook
+from fleetpulse.publisher.errors import FleetpulseError
+from fleetpulse.publisher.mqtt import DEFAULT_BROKER_URL, parse_broker_url
+from fleetpulse.publisher.protocol import (
     Command,
     ControlCommand,
     Kind,
@@ -138,7 +145,7 @@ class MonitorConfig:
             roll_up_limits(self.raw_retention_s, self.minute_retention_s)  # ValueError now, not in the core
 
 
-class NothingToForget(LookupError):
+class NothingToForget(FleetpulseError, LookupError):
     """`forget` was given a pattern that matches no known agent."""
 
 

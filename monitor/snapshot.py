@@ -11,9 +11,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from monitor.health import AgentView, ThresholdPolicy, apply_message, tick
-from publisher.mqtt import BrokerUrl, connect_and_wait, make_client
-from publisher.protocol import HEALTH_TOPIC_FILTER, HealthMessage, ProtocolError, parse_health
+from fleetpulse.monitor.health import AgentView, ThresholdPolicy, apply_message, tick
+from fleetpulse.publisher.mqtt import BrokerUrl, connect_and_wait, make_client
+from fleetpulse.publisher.protocol import HEALTH_TOPIC_FILTER, HealthMessage, ProtocolError, parse_health
 
 __all__ = ["read_retained_health", "views_from_snapshot"]
 

@@ -24,10 +24,12 @@ from typing import Any
 
 import duckdb
 
+from fleetpulse.publisher.errors import FleetpulseError
+
 __all__ = ["ReadOnlyViolation", "check_read_only", "lock_down"]
 
 
-class ReadOnlyViolation(ValueError):
+class ReadOnlyViolation(FleetpulseError, ValueError):
     """A statement that is not a plain read was refused."""
 
 

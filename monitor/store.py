@@ -16,14 +16,15 @@ from typing import Any
 import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from monitor import retention
-from monitor.alert_policy import OpenIncident, Silence
-from monitor.alerts import DeliveryRecord
-from monitor.health import AgentView, State, Transition
-from monitor.notification import Severity
-from monitor.schema import migrate
-from monitor.sql_sandbox import ReadOnlyViolation, check_read_only, lock_down
-from publisher.protocol import HealthMessage, ReportedStatus
+from fleetpulse.monitor import retention
+from fleetpulse.monitor.alert_policy import OpenIncident, Silence
+from fleetpulse.monitor.alerts import DeliveryRecord
+from fleetpulse.monitor.health import AgentView, State, Transition
+from fleetpulse.monitor.notification import Severity
+from fleetpulse.monitor.schema import migrate
+from fleetpulse.monitor.sql_sandbox import ReadOnlyViolation, check_read_only, lock_down
+from fleetpulse.publisher.errors import FleetpulseError
+from fleetpulse.publisher.protocol import HealthMessage, ReportedStatus
 
 __all__ = ["QueryBusy", "QueryTimeout", "ReadOnlyViolation", "Store", "StoreLocked", "WriteBatch", "check_read_only"]
 
@@ -59,7 +60,7 @@ PEOPLE_QUERIES_RUNNING = 2
 PEOPLE_QUERIES_WAITING = 4
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(FleetpulseError, RuntimeError):
     """Another process holds the database file for writing (DuckDB allows one writer, no readers)."""
 
     def __init__(self, path: Path, pid: int | None, detail: str) -> None:
@@ -69,11 +70,11 @@ class StoreLocked(RuntimeError):
         self.pid = pid
 
 
-class QueryTimeout(RuntimeError):
+class QueryTimeout(FleetpulseError, RuntimeError):
     """A read ran longer than its time limit and was interrupted."""
 
 
-class QueryBusy(RuntimeError):
+class QueryBusy(FleetpulseError, RuntimeError):
     """Too many people's queries are running or waiting; try again shortly."""
 
 

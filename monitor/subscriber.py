@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 
-from publisher.mqtt import BrokerUrl, make_client
-from publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, monitor_status_topic
+from fleetpulse.publisher.mqtt import BrokerUrl, make_client
+from fleetpulse.publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp, monitor_status_topic
 
 __all__ = ["BrokerConnected", "BrokerLost", "EventSink", "Received", "Subscriber"]
 

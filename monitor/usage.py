@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from publisher.protocol import Metrics
+from fleetpulse.publisher.protocol import Metrics
 
 __all__ = ["AgentUsage", "UsageBook"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from publisher.wire import format_timestamp
+from fleetpulse.publisher.wire import format_timestamp
 
 # Latency percentiles are exact up to this many samples per window and estimated from a uniform
 # reservoir sample above it, so memory stays bounded however hot the agent's loop is.

@@ -20,9 +20,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from publisher._metrics import MetricsWindow
-from publisher.mqtt import DEFAULT_BROKER_URL, make_client, parse_broker_url
-from publisher.wire import (
+from fleetpulse.publisher._metrics import MetricsWindow
+from fleetpulse.publisher.mqtt import DEFAULT_BROKER_URL, make_client, parse_broker_url
+from fleetpulse.publisher.wire import (
     MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
     Command,

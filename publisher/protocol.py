@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from publisher.wire import (
+from fleetpulse.publisher.wire import (
     HEALTH_TOPIC_FILTER,
     ID_PATTERN,
     MAX_PAYLOAD_BYTES,

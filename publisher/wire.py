@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from fleetpulse.publisher.errors import FleetpulseError
+
 __all__ = [
     "HEALTH_TOPIC_FILTER",
     "ID_PATTERN",
@@ -41,7 +43,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ID_RE = re.compile(ID_PATTERN)
 
 
-class ProtocolError(ValueError):
+class ProtocolError(FleetpulseError, ValueError):
     """A message that is not valid protocol v1; `reason` is for humans and the `rejected` table."""
 
     def __init__(self, reason: str) -> None:

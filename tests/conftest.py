@@ -19,10 +19,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import EmbeddedBroker
-from broker.mosquitto import MONITOR_QUEUE_CONFIG, MosquittoProcess
-from broker.netutil import free_port
-from publisher.protocol import HealthMessage, ProtocolError, parse_health
+from fleetpulse.broker import EmbeddedBroker
+from fleetpulse.broker.mosquitto import MONITOR_QUEUE_CONFIG, MosquittoProcess
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.publisher.protocol import HealthMessage, ProtocolError, parse_health
 from tests.http_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,9 @@ def require_tool(name: str) -> str:
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if path is None:
         package = _DEBIAN_PACKAGES.get(name, name)
-        message = f"{name} is not installed (Debian: apt-get install -y {package}; .ci/run installs it)"
+        message = (
+            f"{name} is not installed (Debian: apt-get install -y {package}; the README's test command installs it)"
+        )
         if IN_CI:
             pytest.fail(f"CI must not skip: {message}")
         pytest.skip(message)
@@ -229,7 +231,7 @@ def read_until(process: subprocess.Popen[str], needle: str, timeout_s: float = 2
     raise AssertionError(f"{needle!r} not printed within {timeout_s} s; got:\n{''.join(lines)}")
 
 
-CLI = [sys.executable, "-m", "monitor.cli"]
+CLI = [sys.executable, "-m", "fleetpulse.monitor.cli"]
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from broker.netutil import free_port
+from fleetpulse.broker.netutil import free_port
 
 __all__ = ["Received", "Receiver"]
 

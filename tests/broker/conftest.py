@@ -15,9 +15,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import EmbeddedBroker, PasswordFile, Role, TlsFiles
-from broker.mosquitto import MosquittoProcess, write_mosquitto_config
-from broker.netutil import free_port
+from fleetpulse.broker import EmbeddedBroker, PasswordFile, Role, TlsFiles
+from fleetpulse.broker.mosquitto import MosquittoProcess, write_mosquitto_config
+from fleetpulse.broker.netutil import free_port
 from tests.conftest import require_tool
 
 # name: (password, role, group)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.acl import may_publish, may_receive, may_subscribe
-from broker.credentials import Role, User
+from fleetpulse.broker.acl import may_publish, may_receive, may_subscribe
+from fleetpulse.broker.credentials import Role, User
 
 AGENT = User("a1")
 GROUPED = User("a1", group="workers")

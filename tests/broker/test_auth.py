@@ -15,14 +15,14 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from broker import EmbeddedBroker, PasswordFile, Role
-from broker.netutil import free_port
-from monitor.cli import main
-from monitor.control import send_command
-from monitor.service import Monitor, MonitorConfig
-from publisher import Agent
-from publisher.mqtt import parse_broker_url
-from publisher.protocol import Command, ControlCommand
+from fleetpulse.broker import EmbeddedBroker, PasswordFile, Role
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor.cli import main
+from fleetpulse.monitor.control import send_command
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.publisher import Agent
+from fleetpulse.publisher.mqtt import parse_broker_url
+from fleetpulse.publisher.protocol import Command, ControlCommand
 from tests.broker.conftest import SecuredBroker, start_secured
 from tests.conftest import cli_process, read_until
 from tests.e2e.test_monitor import eventually, state_of
@@ -259,7 +259,7 @@ def test_without_a_password_file_the_broker_says_it_is_zero_config(tmp_path: Pat
 
 
 def test_operator_tools_say_when_the_broker_refuses_their_credentials(tmp_path: Path) -> None:
-    from monitor.snapshot import read_retained_health
+    from fleetpulse.monitor.snapshot import read_retained_health
 
     passwords = PasswordFile(tmp_path / "fleet.passwd")
     passwords.add("ops", "right-password-123", Role.MONITOR)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import EmbeddedBroker, PasswordFile, Role
-from broker.credentials import CredentialsError, hash_password, roles_path, verify_password
-from monitor.cli import main
+from fleetpulse.broker import EmbeddedBroker, PasswordFile, Role
+from fleetpulse.broker.credentials import CredentialsError, hash_password, roles_path, verify_password
+from fleetpulse.monitor.cli import main
 from tests.broker.conftest import SecuredBroker
 from tests.conftest import require_tool
 

@@ -9,8 +9,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import EmbeddedBroker, PortInUseError
-from publisher.protocol import Kind
+from fleetpulse.broker import EmbeddedBroker, PortInUseError
+from fleetpulse.publisher.protocol import Kind
 from tests.conftest import BrokerProcess, HealthRecorder, subscribe_health
 
 
@@ -49,7 +49,7 @@ def test_amqtt_may_deliver_a_retained_message_twice_to_a_new_subscriber(amqtt_br
     # The quirk the monitor must be idempotent to (SPEC §2): seen here on most subscriptions,
     # exact or wildcard, QoS 0 or 1. Both copies are the same message, so the (agent, session,
     # seq) identity lets ingest drop the second.
-    from publisher import Agent
+    from fleetpulse.publisher import Agent
 
     with Agent("retained-twice", broker=amqtt_broker.url, interval_s=30) as agent:
         time.sleep(0.5)  # the birth is stored as retained before anyone subscribes

@@ -10,8 +10,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from monitor.service import Monitor, MonitorConfig
-from publisher import Agent
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.publisher import Agent
 from tests.broker.conftest import Ca, SecuredBroker, start_secured
 from tests.e2e.test_monitor import eventually, rows, state_of
 

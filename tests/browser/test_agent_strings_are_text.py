@@ -26,8 +26,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker.netutil import free_port
-from monitor.report import format_html
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor.report import format_html
 from tests.browser import test_dashboard
 from tests.browser.test_dashboard import _eventually, _page
 from tests.conftest import cli_process

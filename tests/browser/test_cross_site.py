@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from broker.netutil import free_port
+from fleetpulse.broker.netutil import free_port
 from tests.browser.test_dashboard import PASSWORD, Fleet, _eventually, _page, browser, fleet
 
 __all__ = ["browser", "fleet"]  # the fixtures, shared with test_dashboard

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from broker.netutil import free_port
+from fleetpulse.broker.netutil import free_port
 from tests.conftest import ROOT, cli_process, require_tool, sync_playwright
 from tests.http_receiver import Receiver
 

@@ -6,7 +6,7 @@ It uses the SDK with no kill callback (so a `kill` command ends it with SIGTERM)
 import sys
 import time
 
-from publisher import Agent
+from fleetpulse.publisher import Agent
 
 url, agent_id, interval_s, keepalive_s = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 agent = Agent(agent_id, broker=url, interval_s=interval_s, keepalive_s=keepalive_s)

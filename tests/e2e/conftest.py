@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from monitor.service import Monitor, MonitorConfig
+from fleetpulse.monitor.service import Monitor, MonitorConfig
 from tests.conftest import BrokerProcess
 from tests.e2e.test_monitor import MonitorFactory, eventually
 

@@ -13,10 +13,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import EmbeddedBroker
-from broker.netutil import free_port
-from publisher import Agent, ControlCommand
-from publisher.protocol import Command, Kind, ReportedStatus, control_topic
+from fleetpulse.broker import EmbeddedBroker
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.publisher import Agent, ControlCommand
+from fleetpulse.publisher.protocol import Command, Kind, ReportedStatus, control_topic
 from tests.conftest import BrokerProcess, HealthRecorder, Received, subscribe_health
 
 AGENT_SCRIPT = "tests/e2e/_agent_process.py"

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from broker.netutil import free_port
-from monitor.alert_policy import AlertSettings, CostPolicy
-from monitor.api import ApiServer
-from monitor.client import MonitorClient
-from monitor.service import Monitor
-from publisher import Agent
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor.alert_policy import AlertSettings, CostPolicy
+from fleetpulse.monitor.api import ApiServer
+from fleetpulse.monitor.client import MonitorClient
+from fleetpulse.monitor.service import Monitor
+from fleetpulse.publisher import Agent
 from tests.conftest import BrokerProcess
 from tests.e2e.test_monitor import AGENT_SCRIPT, MonitorFactory, eventually, rows, state_of
 from tests.http_receiver import Receiver
@@ -263,7 +263,7 @@ def test_email_through_apprise_reaches_a_local_smtp_server(
 
 
 def test_a_channel_url_nobody_understands_fails_at_startup(amqtt_broker: BrokerProcess, tmp_path: Path) -> None:
-    from monitor.service import MonitorConfig
+    from fleetpulse.monitor.service import MonitorConfig
 
     with pytest.raises(ValueError, match="not a URL apprise understands"):
         Monitor(MonitorConfig(broker=amqtt_broker.url, db_path=tmp_path / "x.duckdb", notify=("nonsense://",)))

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from monitor.api import ApiAuth, ApiServer
-from monitor.client import MonitorClient, MonitorError
-from monitor.service import Monitor, MonitorConfig
-from publisher import Agent, ControlCommand
+from fleetpulse.monitor.api import ApiAuth, ApiServer
+from fleetpulse.monitor.client import MonitorClient, MonitorError
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.publisher import Agent, ControlCommand
 from tests.conftest import BrokerProcess
 from tests.e2e.test_monitor import AGENT_SCRIPT, eventually, rows, state_of
 
@@ -159,9 +159,9 @@ def test_the_read_endpoints_answer_work_figures_outages_and_counters(
 def test_a_query_that_runs_too_long_is_stopped_and_the_server_stays_responsive(
     serving: tuple[Monitor, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import monitor.store
+    import fleetpulse.monitor.store
 
-    monkeypatch.setattr(monitor.store, "QUERY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fleetpulse.monitor.store, "QUERY_TIMEOUT_S", 0.5)
     _, url = serving
     client = MonitorClient(url)
     answers: list[Any] = []

@@ -10,8 +10,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.netutil import free_port, wait_for_port
-from publisher.protocol import Command, Kind
+from fleetpulse.broker.netutil import free_port, wait_for_port
+from fleetpulse.publisher.protocol import Command, Kind
 from tests.conftest import CLI, BrokerProcess, HealthRecorder, cli_process, read_until
 from tests.e2e.test_agent_lifecycle import _of, _publish_command
 

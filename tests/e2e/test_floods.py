@@ -18,12 +18,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker.netutil import free_port
-from monitor.api import ApiServer
-from monitor.client import MonitorClient, MonitorError
-from monitor.service import Monitor, MonitorConfig, NothingToForget
-from monitor.store import Store
-from publisher.protocol import format_timestamp
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor.api import ApiServer
+from fleetpulse.monitor.client import MonitorClient, MonitorError
+from fleetpulse.monitor.service import Monitor, MonitorConfig, NothingToForget
+from fleetpulse.monitor.store import Store
+from fleetpulse.publisher.protocol import format_timestamp
 from tests.conftest import CLI, ROOT, BrokerProcess, cli_process
 from tests.e2e.test_monitor import MonitorFactory, eventually, rows
 from tests.http_receiver import Receiver

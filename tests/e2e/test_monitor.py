@@ -19,13 +19,13 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker.mosquitto import MONITOR_QUEUE_CONFIG, MosquittoProcess
-from broker.netutil import free_port
-from monitor.client import MonitorClient, MonitorError
-from monitor.health import ThresholdPolicy, Thresholds
-from monitor.service import Monitor, MonitorConfig
-from monitor.store import Store
-from publisher import Agent
+from fleetpulse.broker.mosquitto import MONITOR_QUEUE_CONFIG, MosquittoProcess
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor.client import MonitorClient, MonitorError
+from fleetpulse.monitor.health import ThresholdPolicy, Thresholds
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.monitor.store import Store
+from fleetpulse.publisher import Agent
 from tests.conftest import CLI, BrokerProcess, require_tool
 
 AGENT_SCRIPT = "tests/e2e/_agent_process.py"
@@ -364,7 +364,7 @@ def test_per_agent_thresholds_override_the_defaults(
 
 
 def test_the_http_api_and_monitor_client(any_broker: BrokerProcess, tmp_path: Path) -> None:
-    from monitor.api import ApiServer
+    from fleetpulse.monitor.api import ApiServer
 
     monitor = Monitor(MonitorConfig(broker=any_broker.url, db_path=tmp_path / "api.duckdb", tick_interval_s=0.1))
     api = ApiServer(monitor, "127.0.0.1", 0).start()

@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from broker.netutil import free_port
-from monitor.store import Store
-from publisher.protocol import Command, ControlCommand
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor.store import Store
+from fleetpulse.publisher.protocol import Command, ControlCommand
 from tests.conftest import BrokerProcess, cli_process
 from tests.e2e.test_monitor import AGENT_SCRIPT, MonitorFactory, eventually, rows, state_of
 

@@ -9,7 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from publisher.protocol import Kind
+from fleetpulse.publisher.protocol import Kind
 from tests.conftest import ROOT, BrokerProcess, HealthRecorder, require_tool
 from tests.e2e.test_agent_lifecycle import _of
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.alert_policy import (
+from fleetpulse.monitor.alert_policy import (
     DEFAULT_RULES,
     AlertPolicy,
     AlertSettings,
@@ -26,8 +26,8 @@ from monitor.alert_policy import (
     load_settings,
     parse_duration,
 )
-from monitor.health import AgentView, State, Transition
-from monitor.notification import Event, Notification, Severity
+from fleetpulse.monitor.health import AgentView, State, Transition
+from fleetpulse.monitor.notification import Event, Notification, Severity
 
 HEALTHY, DEGRADED, UNREACHABLE, KILLED, UNKNOWN = State  # members in definition order
 TRIGGER, RESOLVE, FLAPPING, REMINDER = Event.TRIGGER, Event.RESOLVE, Event.FLAPPING, Event.REMINDER

@@ -24,10 +24,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from broker.netutil import free_port
-from monitor.alerts import DeliveryRecord, Dispatcher
-from monitor.channels import AppriseChannel, Channel, DeliveryError, WebhookChannel, channel_for, redact_url
-from monitor.notification import Event, Notification, Severity
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor.alerts import DeliveryRecord, Dispatcher
+from fleetpulse.monitor.channels import AppriseChannel, Channel, DeliveryError, WebhookChannel, channel_for, redact_url
+from fleetpulse.monitor.notification import Event, Notification, Severity
 from tests.http_receiver import Receiver
 
 FAST_BACKOFF_S = (0.05, 0.1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from monitor.service import Monitor, MonitorConfig
-from monitor.store import WriteBatch
-from monitor.subscriber import Received
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.monitor.store import WriteBatch
+from fleetpulse.monitor.subscriber import Received
 
 START = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from monitor.dashboard import fleet_frame
+from fleetpulse.monitor.dashboard import fleet_frame
 
 NOW = datetime(2026, 11, 29, 12, 0, 30, tzinfo=UTC)
 

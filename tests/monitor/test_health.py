@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.health import (
+from fleetpulse.monitor.health import (
     AgentView,
     Outcome,
     State,
@@ -33,7 +33,7 @@ from monitor.health import (
     next_check_at,
     tick,
 )
-from publisher.protocol import HealthMessage, Kind, Metrics, ProtocolError, ReportedStatus, parse_health
+from fleetpulse.publisher.protocol import HealthMessage, Kind, Metrics, ProtocolError, ReportedStatus, parse_health
 
 HEALTHY, DEGRADED, UNREACHABLE, KILLED, UNKNOWN = State  # members in definition order
 

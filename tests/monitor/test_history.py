@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from monitor import history
-from monitor.health import AgentView, State, Transition
-from monitor.store import Store, WriteBatch
-from monitor.usage import AgentUsage, UsageBook
-from publisher.protocol import HealthMessage, Kind, Metrics, ModelUsage, ReportedStatus, parse_health
+from fleetpulse.monitor import history
+from fleetpulse.monitor.health import AgentView, State, Transition
+from fleetpulse.monitor.store import Store, WriteBatch
+from fleetpulse.monitor.usage import AgentUsage, UsageBook
+from fleetpulse.publisher.protocol import HealthMessage, Kind, Metrics, ModelUsage, ReportedStatus, parse_health
 
 HEALTHY, DEGRADED, UNREACHABLE, KILLED, UNKNOWN = State  # members in definition order
 

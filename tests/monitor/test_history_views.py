@@ -9,7 +9,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from monitor.schema import migrate
+from fleetpulse.monitor.schema import migrate
 
 T0 = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.markup import literal, printable
+from fleetpulse.monitor.markup import literal, printable
 from tests.parsed_html import ParsedHtml
 
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.alert_policy import AlertPolicy, AlertSettings, load_settings
-from monitor.notification import Notification
+from fleetpulse.monitor.alert_policy import AlertPolicy, AlertSettings, load_settings
+from fleetpulse.monitor.notification import Notification
 from tests.monitor.test_alert_policy import (
     CRITICAL,
     HEALTHY,

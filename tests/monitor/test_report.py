@@ -21,9 +21,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from monitor.api import to_json
-from monitor.cli import main
-from monitor.report import (
+from fleetpulse.monitor.api import to_json
+from fleetpulse.monitor.cli import main
+from fleetpulse.monitor.report import (
     AgentFigures,
     Incident,
     ModelCost,
@@ -36,8 +36,8 @@ from monitor.report import (
     format_text,
     history_sql,
 )
-from monitor.schema import migrate
-from monitor.store import Store
+from fleetpulse.monitor.schema import migrate
+from fleetpulse.monitor.store import Store
 from tests.conftest import CLI, ROOT
 from tests.hostile import hostile
 from tests.parsed_html import ParsedHtml

@@ -12,9 +12,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from monitor import retention
-from monitor.retention import SETTLE_S, Retention, RollUp, roll_up, roll_up_all
-from monitor.store import HEARTBEAT_COLUMNS, Store, WriteBatch
+from fleetpulse.monitor import retention
+from fleetpulse.monitor.retention import SETTLE_S, Retention, RollUp, roll_up, roll_up_all
+from fleetpulse.monitor.store import HEARTBEAT_COLUMNS, Store, WriteBatch
 from tests.conftest import BrokerProcess
 
 DAY_S = 86_400
@@ -349,7 +349,7 @@ def test_retention_off_does_nothing(store: Store) -> None:
 def test_a_running_monitor_rolls_up_what_is_older_than_its_limits(
     amqtt_broker: BrokerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from monitor.service import Monitor, MonitorConfig
+    from fleetpulse.monitor.service import Monitor, MonitorConfig
 
     monkeypatch.setattr(retention, "BACKLOG_PAUSE_S", 0.01)  # drain the 4-day backlog in seconds
     db = tmp_path / "monitor.duckdb"
@@ -374,7 +374,7 @@ def test_a_running_monitor_rolls_up_what_is_older_than_its_limits(
 
 
 def test_monitor_config_refuses_limits_that_make_no_sense() -> None:
-    from monitor.service import MonitorConfig
+    from fleetpulse.monitor.service import MonitorConfig
 
     with pytest.raises(ValueError, match="retention"):
         MonitorConfig(raw_retention_s=3600)

@@ -10,8 +10,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from monitor.usage import AgentUsage, UsageBook
-from publisher.protocol import Metrics, ModelUsage
+from fleetpulse.monitor.usage import AgentUsage, UsageBook
+from fleetpulse.publisher.protocol import Metrics, ModelUsage
 
 DAY_1 = datetime(2026, 3, 10, tzinfo=UTC)  # midnight UTC
 DAY_2 = DAY_1 + timedelta(days=1)

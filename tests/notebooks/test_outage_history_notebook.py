@@ -27,9 +27,9 @@ import pytest
 from nbclient import NotebookClient
 from paho.mqtt.enums import CallbackAPIVersion
 
-from monitor.api import ApiServer
-from monitor.health import ThresholdPolicy, Thresholds
-from monitor.service import Monitor, MonitorConfig
+from fleetpulse.monitor.api import ApiServer
+from fleetpulse.monitor.health import ThresholdPolicy, Thresholds
+from fleetpulse.monitor.service import Monitor, MonitorConfig
 from tests.conftest import ROOT, BrokerProcess
 from tests.e2e.test_monitor import eventually, state_of
 from tests.hostile import heartbeat, hostile
@@ -62,7 +62,7 @@ NEEDS = {"refunds": "orders"}  # refunds depends_on orders: their overlapping ou
 
 
 def demo_agent(spawn: Spawn, broker: BrokerProcess, agent_id: str) -> subprocess.Popen[bytes]:
-    command = ["-m", "monitor.cli", "demo", "--broker", broker.url, "--id", agent_id, "--interval-s", "0.5"]
+    command = ["-m", "fleetpulse.monitor.cli", "demo", "--broker", broker.url, "--id", agent_id, "--interval-s", "0.5"]
     command += ["--keepalive-s", "5", "--failure-ratio", "0"]
     return spawn(*command, *(["--depends-on", NEEDS[agent_id]] if agent_id in NEEDS else []))
 
@@ -127,7 +127,7 @@ def test_the_notebook_shows_the_crashes_a_real_fleet_went_through(
         over_api = run_notebook(tmp_path, "over-api", api=api.url, **window)
         # The report command finds the running monitor through the file's sidecar and asks its API.
         report = subprocess.run(
-            [sys.executable, "-m", "monitor.cli", "report", "--db", str(db), "--since", started.isoformat()],
+            [sys.executable, "-m", "fleetpulse.monitor.cli", "report", "--db", str(db), "--since", started.isoformat()],
             capture_output=True,
             text=True,
             timeout=60,

@@ -10,10 +10,10 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from publisher import Agent
-from publisher._metrics import MAX_MODELS, OTHER_MODEL, RESERVOIR_SIZE, MetricsWindow
-from publisher.mqtt import parse_broker_url
-from publisher.protocol import Metrics
+from fleetpulse.publisher import Agent
+from fleetpulse.publisher._metrics import MAX_MODELS, OTHER_MODEL, RESERVOIR_SIZE, MetricsWindow
+from fleetpulse.publisher.mqtt import parse_broker_url
+from fleetpulse.publisher.protocol import Metrics
 
 
 def drain(window: MetricsWindow) -> Metrics:

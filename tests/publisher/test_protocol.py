@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from publisher.protocol import (
+from fleetpulse.publisher.protocol import (
     MAX_PAYLOAD_BYTES,
     Command,
     ControlCommand,

@@ -11,9 +11,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from monitor.service import Monitor
-from publisher import Agent
-from publisher.protocol import format_timestamp
+from fleetpulse.monitor.service import Monitor
+from fleetpulse.publisher import Agent
+from fleetpulse.publisher.protocol import format_timestamp
 from tests.conftest import BrokerProcess
 from tests.e2e.test_monitor import eventually, rows, state_of
 

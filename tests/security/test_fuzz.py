@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.fuzz import CATEGORY_COUNT, Hostile, hostile_messages, main
-from publisher.protocol import HealthMessage, ProtocolError, parse_health
+from fleetpulse.publisher.protocol import HealthMessage, ProtocolError, parse_health
 
 
 def _finite(value: object) -> bool:

@@ -17,10 +17,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from monitor.api import to_json
-from monitor.service import Monitor
-from publisher import Agent
-from publisher.protocol import ProtocolError, format_timestamp, parse_health
+from fleetpulse.monitor.api import to_json
+from fleetpulse.monitor.service import Monitor
+from fleetpulse.publisher import Agent
+from fleetpulse.publisher.protocol import ProtocolError, format_timestamp, parse_health
 from tests.conftest import BrokerProcess
 from tests.e2e.test_monitor import eventually, rows, state_of
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from broker.netutil import free_port
-from monitor.access import ApiAuth, FailureBackoff, Role, cross_site_refusal, host_allowed
-from monitor.api import ApiServer
-from monitor.client import MonitorClient
-from monitor.service import Monitor, MonitorConfig
-from publisher import Agent
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor.access import ApiAuth, FailureBackoff, Role, cross_site_refusal, host_allowed
+from fleetpulse.monitor.api import ApiServer
+from fleetpulse.monitor.client import MonitorClient
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.publisher import Agent
 from tests.conftest import CLI, ROOT, BrokerProcess, cli_process, read_until
 from tests.e2e.test_monitor import eventually, rows, state_of
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.service import _PerAgentRateLimit
+from fleetpulse.monitor.service import _PerAgentRateLimit
 
 
 def test_a_burst_then_the_sustained_rate() -> None:

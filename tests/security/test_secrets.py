@@ -21,12 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 import duckdb
 import pytest
 
-from broker import EmbeddedBroker, PasswordFile, Role
-from broker.netutil import free_port
-from monitor.alert_policy import AlertSettings
-from monitor.client import MonitorClient, MonitorError
-from monitor.sidecar import proof, sidecar_path
-from monitor.store import Store
+from fleetpulse.broker import EmbeddedBroker, PasswordFile, Role
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor.alert_policy import AlertSettings
+from fleetpulse.monitor.client import MonitorClient, MonitorError
+from fleetpulse.monitor.sidecar import proof, sidecar_path
+from fleetpulse.monitor.store import Store
 from tests.conftest import CLI, ROOT, BrokerProcess, cli_process, read_until
 from tests.e2e.test_monitor import AGENT_SCRIPT, eventually, state_of
 from tests.http_receiver import Receiver

@@ -19,15 +19,15 @@ from typing import Any
 import duckdb
 import pytest
 
-from broker import EmbeddedBroker
-from broker.netutil import free_port
-from monitor import cli
-from monitor.alert_policy import Silence
-from monitor.api import ApiServer
-from monitor.service import Monitor, MonitorConfig
-from monitor.sql_sandbox import ReadOnlyViolation, check_read_only
-from monitor.store import Store, WriteBatch
-from publisher import Agent
+from fleetpulse.broker import EmbeddedBroker
+from fleetpulse.broker.netutil import free_port
+from fleetpulse.monitor import cli
+from fleetpulse.monitor.alert_policy import Silence
+from fleetpulse.monitor.api import ApiServer
+from fleetpulse.monitor.service import Monitor, MonitorConfig
+from fleetpulse.monitor.sql_sandbox import ReadOnlyViolation, check_read_only
+from fleetpulse.monitor.store import Store, WriteBatch
+from fleetpulse.publisher import Agent
 from tests.conftest import CLI, ROOT
 from tests.e2e.test_monitor import eventually, state_of
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from monitor.api import ApiServer
-from monitor.service import Monitor, MonitorConfig
+from fleetpulse.monitor.api import ApiServer
+from fleetpulse.monitor.service import Monitor, MonitorConfig
 from tests.conftest import CLI, ROOT, BrokerProcess
 from tests.e2e.test_monitor import eventually, state_of
 from tests.hostile import heartbeat
