@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import secrets
 import time
@@ -31,11 +30,10 @@ __all__ = [  # PortInUseError: from broker.netutil
     "EmbeddedBroker",
     "PortInUseError",
     "TlsFiles",
-    "is_loopback",
     "start_embedded_broker",
 ]
 
-_log = logging.getLogger("fleetpulse.broker")
+_log = logging.getLogger(__name__)
 
 # MQTT 3.1.1 §3.1.2.10: the server disconnects a client that sends nothing for 1.5 x its keep-alive.
 KEEPALIVE_GRACE_FACTOR = 1.5
@@ -52,13 +50,6 @@ class TlsFiles:
     cert: Path
     key: Path
     ca: Path | None = None
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class _Access:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import socket
 import threading
 import time
@@ -108,3 +109,11 @@ class LoopThread:
             loop.call_soon_threadsafe(before)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or `localhost`) is this machine's loopback interface."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

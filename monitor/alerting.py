@@ -26,7 +26,7 @@ from fleetpulse.monitor.usage import AgentUsage
 
 __all__ = ["Alerting", "build_channels", "new_silence"]
 
-_log = logging.getLogger("fleetpulse.alerts")
+_log = logging.getLogger(__name__)
 
 # The `alerts.channel` of a page the page-rate guard held back: recorded, never delivered (gave_up), so
 # `SELECT * FROM alerts WHERE channel = 'held:alert-storm'` lists every alert a storm summarised.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from panel.io.server import ComponentResourceHandler, get_server
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.ioloop import IOLoop
 
-from fleetpulse.broker.netutil import LoopThread, ensure_port_free, free_port
+from fleetpulse.broker.netutil import LoopThread, ensure_port_free, free_port, is_loopback
 from fleetpulse.monitor.access import (
     UNSAFE_METHODS,
     ApiAuth,
@@ -56,7 +55,7 @@ from fleetpulse.publisher.protocol import Command, ControlCommand, format_timest
 
 __all__ = ["ApiAuth", "ApiServer", "check_exposure", "parse_since", "to_json"]
 
-_log = logging.getLogger("fleetpulse.api")
+_log = logging.getLogger(__name__)
 # Threads for people's SQL: one more than the store admits, so the one past the limit hears 429 at once.
 _PEOPLE_SQL = ThreadPoolExecutor(PEOPLE_QUERIES_RUNNING + PEOPLE_QUERIES_WAITING + 1, thread_name_prefix="people-sql")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -93,16 +92,9 @@ def to_json(document: Any) -> str:
     return json.dumps(document, default=_plain)
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def check_exposure(host: str, auth: ApiAuth | None, insecure_no_auth: bool) -> None:
     """ValueError (one line) for a server beyond loopback without auth, unless the operator insisted."""
-    if auth is None and not _is_loopback(host) and not insecure_no_auth:
+    if auth is None and not is_loopback(host) and not insecure_no_auth:
         # Issue 14, item 4: the fleet, its history and /api/sql would be open to the network.
         raise ValueError(
             f"--http-host {host} is beyond loopback: protect it with --auth or --auth-file "
@@ -489,7 +481,7 @@ class ApiServer:
         self._backoff = FailureBackoff()
         self.host = host
         self.port = port
-        if auth is None and not _is_loopback(host):
+        if auth is None and not is_loopback(host):
             _log.warning(
                 "INSECURE: --insecure-no-auth on --http-host %s: anyone who can reach port %s reads the fleet, "
                 "its history, the audit log and runs /api/sql; only commands and silences stay refused",
@@ -531,14 +523,14 @@ class ApiServer:
         settings = {
             "monitor": self._monitor,
             "auth": self._auth,
-            "loopback": _is_loopback(self.host),
+            "loopback": is_loopback(self.host),
             "backoff": self._backoff,
         }
         patterns = [(pattern, handler, settings) for pattern, handler in routes]
         # The dashboard and the API share Panel's (tornado) server. With --auth, the page asks for the
         # same credentials on Panel's login form (a signed cookie then carries them, to the API too).
         monitor = self._monitor
-        loopback = _is_loopback(self.host)
+        loopback = is_loopback(self.host)
         access = DashboardAccess(
             commands_allowed=self._auth is not None or loopback,
             refusal="Commands are off: this server listens beyond loopback without `--auth`.",

@@ -35,7 +35,7 @@ from fleetpulse.publisher.protocol import Command, ControlCommand, validate_id
 
 __all__ = ["main"]
 
-_log = logging.getLogger("fleetpulse")
+_log = logging.getLogger("fleetpulse.monitor.cli")  # (its module name; under `python -m` __name__ is __main__)
 DEFAULT_DB = "fleetpulse.duckdb"
 DEFAULT_HTTP_PORT = 8080
 
@@ -147,7 +147,8 @@ def _tls_files(args: argparse.Namespace) -> Any:
 
 def _start_broker(args: argparse.Namespace) -> Any:
     """The embedded broker as --host, --port, --password-file and --tls-* say; says who may connect."""
-    from fleetpulse.broker.embedded import EmbeddedBroker, PortInUseError, is_loopback
+    from fleetpulse.broker.embedded import EmbeddedBroker, PortInUseError
+    from fleetpulse.broker.netutil import is_loopback
 
     host, port = args.host, args.port
     password_file = Path(args.password_file) if args.password_file else None

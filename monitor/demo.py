@@ -10,7 +10,7 @@ from fleetpulse.publisher import Agent, ControlCommand
 
 __all__ = ["DemoAgent", "run_demo"]
 
-_log = logging.getLogger("fleetpulse.demo")
+_log = logging.getLogger(__name__)
 
 _MODELS = ("gpt-4o-mini", "claude-haiku", "llama-3-8b")
 

@@ -25,7 +25,7 @@ from fleetpulse.publisher.mqtt import BrokerUrl
 
 __all__ = ["ReaderProcess"]
 
-_log = logging.getLogger("fleetpulse.monitor")
+_log = logging.getLogger(__name__)
 
 BATCH_EVERY_S = 0.002  # how long the child gathers events before sending them (or BATCH_MAX)
 BATCH_MAX = 2_000

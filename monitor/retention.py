@@ -36,7 +36,7 @@ __all__ = [
     "roll_up_limits",
 ]
 
-_log = logging.getLogger("fleetpulse.retention")
+_log = logging.getLogger(__name__)
 
 RAW_RETENTION_S = 7 * 86_400.0  # raw heartbeats: a week at full resolution
 MINUTE_RETENTION_S = 90 * 86_400.0  # then per-minute rows for a quarter; per-hour rows are kept forever

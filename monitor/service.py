@@ -68,7 +68,7 @@ from fleetpulse.publisher.protocol import (
 
 __all__ = ["ForgetResult", "Monitor", "MonitorConfig", "NothingToForget", "sidecar_path"]
 
-_log = logging.getLogger("fleetpulse.monitor")
+_log = logging.getLogger(__name__)
 
 TransitionListener = Callable[[list[Transition]], None]
 

@@ -47,7 +47,7 @@ AGENT_COLUMNS = (
     "last_seen", "state", "reason", "state_since", "session", "last_seq", "last_heartbeat_at", "reported_status",
     "reported_reason", "last_progress_at", "paused",
 )  # fmt: skip
-_log = logging.getLogger("fleetpulse.store")
+_log = logging.getLogger(__name__)
 MAX_QUERY_ROWS = 10_000
 QUERY_TIMEOUT_S = 10.0  # a statement typed by a person (API, CLI) is stopped after this long
 # An answer to people's SQL stops growing past this many bytes (about its JSON size; `truncated` says so): one

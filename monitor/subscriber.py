@@ -20,7 +20,7 @@ from fleetpulse.publisher.protocol import HEALTH_TOPIC_FILTER, format_timestamp,
 
 __all__ = ["BrokerConnected", "BrokerLost", "EventSink", "Received", "Subscriber"]
 
-_log = logging.getLogger("fleetpulse.monitor")
+_log = logging.getLogger(__name__)
 
 CONTROL_TOPIC_FILTERS = ("agents/+/control", "groups/+/control")
 WILL_REASON = "will: connection lost"

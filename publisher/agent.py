@@ -40,7 +40,7 @@ from fleetpulse.publisher.wire import (
 
 __all__ = ["Agent", "TaskRecord"]
 
-_log = logging.getLogger("fleetpulse.publisher")
+_log = logging.getLogger(__name__)
 
 KillCallback = Callable[[ControlCommand], object]
 
