@@ -194,7 +194,7 @@ class ReaderProcess:
 
 
 def _log_setup() -> tuple[int, str | None, str | None]:
-    """The parent's level for our logger and its log format, for the child to log as the parent does."""
+    """The parent's level for our loggers and its log format, for the child to log as the parent does."""
     formatter = next((handler.formatter for handler in logging.getLogger().handlers if handler.formatter), None)
     log_format = formatter._fmt if formatter is not None else None
     date_format = formatter.datefmt if formatter is not None else None
@@ -269,7 +269,7 @@ def _child_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     level, log_format, date_format = log_setup
     logging.basicConfig(level=logging.WARNING, format=log_format or logging.BASIC_FORMAT, datefmt=date_format)
-    _log.setLevel(level)
+    logging.getLogger("fleetpulse").setLevel(level)  # every module's logger of ours, the subscriber's too
 
     def on_hold() -> None:
         # Not reading is our choice, not the broker's silence: it has more for us.
