@@ -128,39 +128,55 @@ def hung_agent(port: int, agent_id: str, interval_s: float) -> Iterator[None]:
         client.loop_stop()
 
 
-def _run_monitor_process(broker: BrokerProcess, db: Path) -> subprocess.Popen[bytes]:
+def _run_monitor_process(
+    broker: BrokerProcess, db: Path, started: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [*CLI, "monitor", "--broker", broker.url, "--db", str(db), "--dashboard-port", "0"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    assert process.stderr is not None
-    deadline = time.monotonic() + 20
-    for line in process.stderr:
-        if b"monitor connected to" in line or time.monotonic() > deadline:
-            break
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep draining the pipe
+    started.append(process)
+    connected = threading.Event()
+
+    def drain() -> None:  # keeps the pipe from filling, and notices the line we wait for
+        assert process.stderr is not None
+        for line in process.stderr:
+            if b"monitor connected to" in line:
+                connected.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    assert connected.wait(30), "the monitor process never logged 'monitor connected to'"
     return process
 
 
 @pytest.mark.timeout(90)
 def test_a_monitor_restart_loses_no_heartbeat_and_invents_no_outage(any_broker: BrokerProcess, tmp_path: Path) -> None:
     db = tmp_path / "restart.duckdb"
-    monitor = _run_monitor_process(any_broker, db)
+    started: list[subprocess.Popen[bytes]] = []
     agents = [Agent(f"steady-{n}", broker=any_broker.url, interval_s=0.2, keepalive_s=5) for n in range(3)]
-    for agent in agents:
-        assert agent.start()
-    time.sleep(2)
-    monitor.send_signal(signal.SIGTERM)
-    assert monitor.wait(timeout=20) == 0
-    time.sleep(2)  # agents keep beating while no monitor listens: the broker queues for its session
-    monitor = _run_monitor_process(any_broker, db)
-    time.sleep(2)
-    for agent in agents:
-        agent.stop("test over")
-    time.sleep(0.5)
-    monitor.send_signal(signal.SIGTERM)
-    assert monitor.wait(timeout=20) == 0
+    try:
+        monitor = _run_monitor_process(any_broker, db, started)
+        for agent in agents:
+            assert agent.start()
+        time.sleep(2)
+        monitor.send_signal(signal.SIGTERM)
+        assert monitor.wait(timeout=20) == 0
+        time.sleep(2)  # agents keep beating while no monitor listens: the broker queues for its session
+        monitor = _run_monitor_process(any_broker, db, started)
+        time.sleep(2)
+        for agent in agents:
+            agent.stop("test over")
+        time.sleep(0.5)
+        monitor.send_signal(signal.SIGTERM)
+        assert monitor.wait(timeout=20) == 0
+    finally:  # a failure above must leave no monitor process or agent behind
+        for agent in agents:
+            agent.stop("test over")
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
 
     store = Store(db, read_only=True)
     try:
