@@ -57,9 +57,11 @@ from fleetpulse.publisher.protocol import (
     ControlCommand,
     Kind,
     ProtocolError,
+    agent_id_from_health_topic,
     control_topic,
     format_timestamp,
     group_control_topic,
+    health_topic,
     is_valid_id,
     parse_control,
     parse_health,
@@ -672,7 +674,7 @@ class Monitor:
                 pending.transitions.append(held[1])  # stored as history; _alert pages nobody about it
             pending.agents.pop(agent, None)  # a carried row must not bring it back
             # An empty retained message deletes the retained one (MQTT 3.1.1 §3.3.1.3); we ignore its echo.
-            self._subscriber.publish(f"agents/{agent}/health", b"", retain=True)
+            self._subscriber.publish(health_topic(agent), b"", retain=True)
         closed = self.alerting.forget(agents, now)
         self._stats["forgotten"] += len(agents)
         _log.warning(
@@ -699,9 +701,12 @@ class Monitor:
         cap = self.config.max_agents
         if not cap or len(self._views) < cap:
             return True
-        agent = event.topic[len("agents/") : -len("/health")]
-        if agent in self._views or not is_valid_id(agent):
-            return True  # (an invalid id is rejected by parse_health with its own reason)
+        try:
+            agent = agent_id_from_health_topic(event.topic)
+        except ProtocolError:
+            return True  # (parse_health rejects it with its own reason)
+        if agent in self._views:
+            return True
         self._stats["refused_agent_cap"] += 1
         known = len(self._views)
         self._reject(event, f"agent cap reached ({known} known, --max-agents {cap})", pending)
