@@ -562,7 +562,7 @@ def _running_monitor(db: Path) -> Any:
 
 def _history(db: Path) -> Any:
     """Where `outages` and `sql` read from: the running monitor's API, else the file itself."""
-    from fleetpulse.monitor.sidecar import sidecar_path
+    from fleetpulse.monitor.sidecar import read_sidecar
     from fleetpulse.monitor.store import Store, StoreLocked
 
     client = _running_monitor(db)
@@ -573,10 +573,11 @@ def _history(db: Path) -> Any:
     try:
         return Store(db, read_only=True)
     except StoreLocked as error:
-        try:
-            sidecar = json.loads(sidecar_path(db).read_text())
+        found = read_sidecar(db)
+        if found is not None:
+            sidecar = found[0]
             holder = f"monitor {sidecar.get('monitor_id')} (pid {sidecar.get('pid')}, API {sidecar.get('api')})"
-        except (OSError, ValueError):
+        else:
             holder = f"process {error.pid}" if error.pid else "another process"
         raise CliError(
             f"{db} is held by {holder}, and no monitor API answers for it; retry, or stop that process"
