@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -352,21 +352,28 @@ class Store:
 
         With `timeout_s`, a query still running then is interrupted (QueryTimeout); the store goes on.
         """
+        with self._cursor(timeout_s) as cursor:
+            result = cursor.execute(sql, parameters if parameters is not None else [])
+            columns = [d[0] for d in result.description or []]
+            rows = result.fetchmany(limit + 1)
+        return columns, rows[:limit], len(rows) > limit
+
+    @contextlib.contextmanager
+    def _cursor(self, timeout_s: float | None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own (a connection: reads see committed rows), interrupted after `timeout_s`
+        (QueryTimeout; the store goes on) and closed afterwards."""
         cursor = self._connection.cursor()
         timer = threading.Timer(timeout_s, cursor.interrupt) if timeout_s is not None else None
         try:
             if timer is not None:
                 timer.start()
-            result = cursor.execute(sql, parameters if parameters is not None else [])
-            columns = [d[0] for d in result.description or []]
-            rows = result.fetchmany(limit + 1)
+            yield cursor
         except duckdb.InterruptException:
             raise QueryTimeout(f"the query ran longer than {timeout_s:g} s and was stopped") from None
         finally:
             if timer is not None:
                 timer.cancel()
             cursor.close()
-        return columns, rows[:limit], len(rows) > limit
 
     def read_only_query(
         self, sql: str, limit: int = MAX_QUERY_ROWS, timeout_s: float | None = None, max_bytes: int = MAX_ANSWER_BYTES
@@ -395,33 +402,27 @@ class Store:
     def _people_query(
         self, sql: str, limit: int, timeout_s: float, max_bytes: int
     ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
-        cursor = self._connection.cursor()
-        timer = threading.Timer(timeout_s, cursor.interrupt)
         rows: list[tuple[Any, ...]] = []
         size = 0
         truncated = False
-        try:
-            timer.start()
+        with self._cursor(timeout_s) as cursor:
             cursor.execute("BEGIN TRANSACTION READ ONLY")
-            result = cursor.execute(sql)
-            columns = [d[0] for d in result.description or []]
-            while not truncated:
-                chunk = result.fetchmany(_FETCH_CHUNK_ROWS)
-                if not chunk:
-                    break
-                for row in chunk:
-                    size += _answer_bytes(row)
-                    if len(rows) >= limit or size > max_bytes:
-                        truncated = True
+            try:
+                result = cursor.execute(sql)
+                columns = [d[0] for d in result.description or []]
+                while not truncated:
+                    chunk = result.fetchmany(_FETCH_CHUNK_ROWS)
+                    if not chunk:
                         break
-                    rows.append(row)
-        except duckdb.InterruptException:
-            raise QueryTimeout(f"the query ran longer than {timeout_s:g} s and was stopped") from None
-        finally:
-            timer.cancel()
-            with contextlib.suppress(duckdb.Error):
-                cursor.execute("ROLLBACK")
-            cursor.close()
+                    for row in chunk:
+                        size += _answer_bytes(row)
+                        if len(rows) >= limit or size > max_bytes:
+                            truncated = True
+                            break
+                        rows.append(row)
+            finally:
+                with contextlib.suppress(duckdb.Error):  # (closing the cursor would roll back too)
+                    cursor.execute("ROLLBACK")
         return columns, rows, truncated
 
     def outages(self, agent: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
