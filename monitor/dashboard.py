@@ -26,7 +26,7 @@ import panel as pn
 
 from fleetpulse.monitor import charts, history
 from fleetpulse.monitor.fleet import age_text, headline, sort_for_people
-from fleetpulse.monitor.markup import literal
+from fleetpulse.monitor.markup import code, literal
 from fleetpulse.monitor.service import Monitor
 from fleetpulse.publisher.protocol import Command, ControlCommand
 
@@ -219,7 +219,7 @@ class _MonitorStatus:
         rate = self._rate(received)
         broker_state = "connected" if monitor.connected else "NOT connected"
         self.line.object = (
-            f"broker <code>{literal(monitor.broker_display)}</code> {broker_state} \u00b7 ingest {rate} \u00b7 "
+            f"broker {code(monitor.broker_display)} {broker_state} \u00b7 ingest {rate} \u00b7 "
             f"rejected {stats.get('rejected', 0):,} \u00b7 stored {stats.get('rows_stored', 0):,} heartbeats"
         )
         if not full:
@@ -230,15 +230,15 @@ class _MonitorStatus:
             [
                 "| monitor | |",
                 "|---|---|",
-                f"| id | <code>{literal(monitor.config.monitor_id)}</code> |",
-                f"| broker | <code>{literal(monitor.broker_display)}</code>: {broker} |",
+                f"| id | {code(monitor.config.monitor_id)} |",
+                f"| broker | {code(monitor.broker_display)}: {broker} |",
                 f"| ingest rate | {rate} |",
                 f"| messages received | {received:,} |",
                 f"| heartbeat rows stored | {stats.get('rows_stored', 0):,} |",
                 f"| rejected | {stats.get('rejected', 0):,} (malformed, spoofed or oversize messages) |",
                 f"| duplicates dropped | {stats.get('duplicate', 0):,} |",
                 f"| transitions | {stats.get('transitions', 0):,} |",
-                f"| database | <code>{literal(monitor.config.db_path)}</code> ({size_mib:,.1f} MiB) |",
+                f"| database | {code(monitor.config.db_path)} ({size_mib:,.1f} MiB) |",
             ]
         )
 
@@ -307,7 +307,7 @@ class _AgentDetail:
             Command.PAUSE: "its work loop blocks until resumed",
             Command.RESUME: "its work loop continues",
         }.get(command, "")
-        self.question.object = f"**{command.value.title()} <code>{literal(agent)}</code>?** {consequence}."
+        self.question.object = f"**{command.value.title()} {code(agent)}?** {consequence}."
         self.confirm.name = f"Confirm {command.value}"
         self.confirmation.visible = True
 
@@ -332,7 +332,7 @@ class _AgentDetail:
             self.result.object = f"**{command.value} not sent:** {literal(error)}"
         else:
             self.result.object = (
-                f"<code>{command.value}</code> sent to <code>{literal(topic)}</code> by {literal(control.issued_by)} "
+                f"<code>{command.value}</code> sent to {code(topic)} by {literal(control.issued_by)} "
                 f"(id <code>{control.id}</code>)."
             )
         self._close()
@@ -402,12 +402,12 @@ def _facts(record: dict[str, Any], now: datetime) -> str:
     paused = " \u2014 <strong>paused</strong>" if record["paused"] else ""
     return "\n".join(
         [
-            f"## {literal(record['display_name'])} (<code>{literal(record['agent'])}</code>) {badge}",
+            f"## {literal(record['display_name'])} ({code(record['agent'])}) {badge}",
             f"<strong>{literal(record['reason'] or '')}</strong> since {literal(record['state_since'])}; "
             f"last heartbeat {age_text(record['last_heartbeat_at'], now)}{paused}",
             "",
-            f"host <code>{literal(record['host'])}</code> pid {literal(record['pid'])} \u00b7 version "
-            f"<code>{literal(record['version'])}</code> \u00b7 group <code>{literal(record['group'] or '-')}</code> "
+            f"host {code(record['host'])} pid {literal(record['pid'])} \u00b7 version "
+            f"{code(record['version'])} \u00b7 group {code(record['group'] or '-')} "
             f"\u00b7 every {record['interval_s']} s \u00b7 depends on {depends_on} \u00b7 labels {labels}",
             "",
             f"today: {record.get('tasks_ok_today', 0)} ok, {record.get('tasks_failed_today', 0)} failed"
@@ -512,7 +512,7 @@ class _AlertsView:
 
     def __init__(self, monitor: Monitor) -> None:
         self._monitor = monitor
-        channels = ", ".join(f"<code>{literal(c.name)}</code>" for c in monitor.alerting.channels.values())
+        channels = ", ".join(code(c.name) for c in monitor.alerting.channels.values())
         self.channels = pn.pane.Markdown(
             f"Channels: {channels or 'none configured (`--notify URL` or a rules file)'}. Silence with "
             "`fleetpulse silence 'glob' --for 2h --reason ...`."
@@ -619,7 +619,7 @@ def dashboard_page(monitor: Monitor, access: DashboardAccess | None = None) -> p
     def refresh() -> None:
         current, frame = _shared(monitor).get()
         broker = "connected" if monitor.connected else "NOT connected: states are unknown"
-        title.object = f"# fleetpulse \u2014 monitor <code>{literal(monitor.config.monitor_id)}</code>, broker {broker}"
+        title.object = f"# fleetpulse \u2014 monitor {code(monitor.config.monitor_id)}, broker {broker}"
         summary.object = f"## {literal(headline(current))}"
         if table.value is not frame:
             table.value = frame

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import string
 
-__all__ = ["literal", "printable"]
+__all__ = ["code", "literal", "printable"]
 
 # Every ASCII punctuation character becomes a numeric character reference. In HTML that is the escaping
 # html.escape does, and more; in Markdown (CommonMark, markdown-it) a character reference is always text,
@@ -21,6 +21,11 @@ _LITERAL.update({code: " " for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 def literal(value: object) -> str:
     """`value` as text that Markdown and HTML show exactly as it is (and, in an attribute, as its value)."""
     return str(value).translate(_LITERAL)
+
+
+def code(value: object) -> str:
+    """`value` as literal text in a `<code>` element: what a Markdown code span would be, had it decoded references."""
+    return f"<code>{literal(value)}</code>"
 
 
 # On a terminal, control characters are the markup: ESC starts sequences that move the cursor, clear the
