@@ -123,9 +123,8 @@ class Alerting:
         """An incident as stored, its channels mapped back to the configured URLs (see `stored_channel`)."""
         configured = [
             *self.channels,
-            *self.settings.notify,
             *(u for rule in self.settings.rules for u in rule.channels),
-        ]
+        ]  # (channels: notify too)
         urls = {stored_channel(url): url for url in configured}
         # A stored form whose URL is no longer configured cannot be sent to (its secret is gone): dropped,
         # the incident then goes to the configured channels.

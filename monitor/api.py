@@ -520,17 +520,12 @@ class ApiServer:
             (r"/api/forget", _Forget),
             (r"/metrics", _Metrics),
         ]
-        settings = {
-            "monitor": self._monitor,
-            "auth": self._auth,
-            "loopback": is_loopback(self.host),
-            "backoff": self._backoff,
-        }
+        loopback = is_loopback(self.host)
+        settings = {"monitor": self._monitor, "auth": self._auth, "loopback": loopback, "backoff": self._backoff}
         patterns = [(pattern, handler, settings) for pattern, handler in routes]
         # The dashboard and the API share Panel's (tornado) server. With --auth, the page asks for the
         # same credentials on Panel's login form (a signed cookie then carries them, to the API too).
         monitor = self._monitor
-        loopback = is_loopback(self.host)
         access = DashboardAccess(
             commands_allowed=self._auth is not None or loopback,
             refusal="Commands are off: this server listens beyond loopback without `--auth`.",
